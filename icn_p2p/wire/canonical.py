@@ -1,0 +1,185 @@
+"""Canonical CBOR: one byte string per value, and a decoder safe on hostile input.
+
+The data model is deliberately small: int (-2^64 .. 2^64-1), bytes, str, bool,
+None, float, list, and dict with str keys. No tags, no undefined, no simple
+values, no indefinite lengths. Within it ``dumps`` is a function (equal values,
+equal bytes: map keys are sorted, integers and floats take their shortest
+form), which is what signatures and message ids need.
+
+``loads`` never hands untrusted bytes straight to cbor2. An iterative header
+scan (no recursion, no allocation proportional to a claimed length) first
+checks the input size, that every claimed length fits in the bytes that are
+actually there, the nesting depth, the total number of container entries,
+that no tag/indefinite/simple/undefined item appears, that map keys are text
+and that nothing trails the top-level item. Only then does cbor2 build the
+value, with duplicate keys refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbor2
+
+from icn_p2p.wire.errors import Reason, WireError
+
+__all__ = ["dumps", "loads", "check_value"]
+
+_INT_MIN = -(2**64)
+_INT_MAX = 2**64 - 1
+_DUMPS_MAX_DEPTH = 256
+
+_MAJOR_UINT, _MAJOR_NINT, _MAJOR_BYTES, _MAJOR_TEXT = 0, 1, 2, 3
+_MAJOR_ARRAY, _MAJOR_MAP, _MAJOR_TAG, _MAJOR_SIMPLE = 4, 5, 6, 7
+# major 7: false, true, null, half, single, double float
+_SIMPLE_OK = frozenset((20, 21, 22, 25, 26, 27))
+_ARG_WIDTH = {24: 1, 25: 2, 26: 4, 27: 8}
+
+
+def check_value(obj: Any, *, max_depth: int = _DUMPS_MAX_DEPTH) -> None:
+    """Raise ``WireError(bad_schema)`` unless ``obj`` is inside the CBOR data model.
+
+    Iterative, so a deeply nested or cyclic value gives ``too_deep`` rather than
+    ``RecursionError``. Tuples are accepted as arrays (they decode as lists).
+    """
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        value, depth = pop()
+        if value is None or isinstance(value, (str, bytes, float)):
+            continue
+        if isinstance(value, int):  # bool included
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise WireError(Reason.BAD_SCHEMA, f"integer {value} is outside the CBOR 64-bit range")
+            continue
+        if isinstance(value, (list, tuple, dict)):
+            if depth >= max_depth:
+                raise WireError(Reason.TOO_DEEP, f"nesting deeper than {max_depth}")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        raise WireError(Reason.BAD_SCHEMA, f"map key {key!r} is not a string")
+                    push((item, depth + 1))
+            else:
+                for item in value:
+                    push((item, depth + 1))
+            continue
+        raise WireError(Reason.BAD_SCHEMA, f"type {type(value).__name__} is not CBOR-safe")
+
+
+def dumps(obj: Any) -> bytes:
+    """Canonical CBOR of a CBOR-safe value (``WireError`` otherwise)."""
+    check_value(obj)
+    try:
+        return cbor2.dumps(obj, canonical=True)
+    except (cbor2.CBOREncodeError, ValueError, TypeError, RecursionError) as exc:  # pragma: no cover
+        raise WireError(Reason.BAD_SCHEMA, f"cannot encode: {exc}") from None
+
+
+def _scan(data: bytes, max_depth: int, max_items: int) -> None:
+    """Walk the item headers of ``data`` without building anything.
+
+    ``stack`` holds, for each open container, how many items it still expects
+    (a map of n pairs expects 2n; an even count left in a map means the next
+    item is a key).
+    """
+    n = len(data)
+    pos = 0
+    items = 0
+    remaining: list[int] = []  # items still expected, per open container
+    is_map: list[bool] = []
+    while True:
+        if pos >= n:
+            raise WireError(Reason.MALFORMED, "truncated CBOR")
+        ib = data[pos]
+        pos += 1
+        major = ib >> 5
+        ai = ib & 0x1F
+        if ai < 24:
+            arg = ai
+        elif ai < 28:
+            width = _ARG_WIDTH[ai]
+            if pos + width > n:
+                raise WireError(Reason.MALFORMED, "truncated CBOR")
+            if major == _MAJOR_SIMPLE:
+                arg = ai
+            else:
+                arg = int.from_bytes(data[pos:pos + width], "big")
+            pos += width
+        elif ai == 31:
+            raise WireError(Reason.MALFORMED, "indefinite-length items are not allowed")
+        else:
+            raise WireError(Reason.MALFORMED, f"reserved additional information {ai}")
+
+        if remaining and is_map[-1] and remaining[-1] % 2 == 0 and major != _MAJOR_TEXT:
+            raise WireError(Reason.BAD_SCHEMA, "map keys must be text strings")
+
+        if major == _MAJOR_BYTES or major == _MAJOR_TEXT:
+            if arg > n - pos:
+                raise WireError(Reason.MALFORMED, "string length exceeds the data")
+            pos += arg
+        elif major == _MAJOR_ARRAY or major == _MAJOR_MAP:
+            expected = arg * 2 if major == _MAJOR_MAP else arg
+            items += arg
+            if items > max_items:
+                raise WireError(Reason.TOO_LARGE, f"more than {max_items} container entries")
+            if expected > n - pos:
+                raise WireError(Reason.MALFORMED, "container length exceeds the data")
+            if len(remaining) >= max_depth:
+                raise WireError(Reason.TOO_DEEP, f"nesting deeper than {max_depth}")
+            if expected:
+                remaining.append(expected)
+                is_map.append(major == _MAJOR_MAP)
+                continue  # the container's first child comes next
+        elif major == _MAJOR_TAG:
+            raise WireError(Reason.BAD_SCHEMA, f"CBOR tag {arg} is not allowed")
+        elif major == _MAJOR_SIMPLE:
+            if arg not in _SIMPLE_OK:
+                raise WireError(Reason.BAD_SCHEMA, f"CBOR simple value {arg} is not allowed")
+        # an item is complete: close every container it completes
+        while remaining:
+            remaining[-1] -= 1
+            if remaining[-1]:
+                break
+            remaining.pop()
+            is_map.pop()
+        if not remaining:
+            if pos != n:
+                raise WireError(Reason.MALFORMED, f"{n - pos} trailing bytes")
+            return
+
+
+def loads(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_depth: int,
+    max_items: int,
+    canonical: bool = False,
+) -> Any:
+    """Decode one CBOR item from untrusted ``data`` within the given bounds.
+
+    Raises ``WireError`` (and nothing else) with reason ``too_large`` (size or
+    entry count), ``too_deep``, ``malformed`` (not well-formed, trailing bytes,
+    bad UTF-8, duplicate keys, or not canonical when ``canonical`` is set) or
+    ``bad_schema`` (well-formed but outside the data model: tags, simple values,
+    non-text map keys).
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError(Reason.MALFORMED, f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise WireError(Reason.TOO_LARGE, f"{len(data)} bytes > {max_bytes}")
+    _scan(data, max_depth, max_items)
+    try:
+        value = cbor2.loads(
+            data,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            max_depth=max_depth + 2,
+        )
+    except Exception as exc:  # cbor2 reports bad UTF-8, duplicate keys, ... as CBORDecodeError
+        raise WireError(Reason.MALFORMED, f"undecodable CBOR: {exc}") from None
+    if canonical and cbor2.dumps(value, canonical=True) != data:
+        raise WireError(Reason.MALFORMED, "not canonical CBOR")
+    return value
