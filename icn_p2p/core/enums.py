@@ -10,13 +10,19 @@ from enum import Enum
 from functools import total_ordering
 
 
+_RANKS: dict[type, dict[str, int]] = {}
+
+
 @total_ordering
 class _RankedEnum(str, Enum):
     """A string enum ordered by declaration order, not alphabetically."""
 
     @property
     def rank(self) -> int:
-        return list(type(self)).index(self)
+        ranks = _RANKS.get(type(self))
+        if ranks is None:
+            ranks = _RANKS[type(self)] = {m.value: i for i, m in enumerate(type(self))}
+        return ranks[self.value]
 
     @classmethod
     def from_rank(cls, rank: int):
@@ -43,8 +49,8 @@ class _RankedEnum(str, Enum):
             return NotImplemented
         return self.rank >= other.rank
 
-    def __hash__(self) -> int:
-        return hash(self.value)
+    # The hash of the name (as before), computed in C: enum members are hashed on hot paths.
+    __hash__ = str.__hash__
 
     def __str__(self) -> str:
         return self.value

@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 import math
 import weakref
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Iterable
 
-from icn_p2p.core.clock import month_key, month_start_ms
+from icn_p2p.core.clock import month_key
 from icn_p2p.core.decision import (
     CapabilityRequirement,
     PlacementConstraints,
@@ -71,10 +73,48 @@ _PRIORITIES: tuple[TaskPriority, ...] = tuple(TaskPriority)
 _RANK: dict[TaskPriority, int] = {p: i for i, p in enumerate(_PRIORITIES)}
 _MAX_RANK = len(_PRIORITIES) - 1
 
+_STRICT = EnforcementMode.STRICT
 _MS_PER_HOUR = 3_600_000
 _MS_PER_DAY = 86_400_000
 _EPOCH_WEEKDAY = 4  # 1970-01-01 was a Thursday (0 = Sunday)
 _DAY_NAMES = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+
+
+# --- building frozen models without re-validating what is already valid ------------
+
+
+def _construct_via_dict(cls, fields: dict):
+    obj = cls.__new__(cls)
+    setattr_ = object.__setattr__
+    setattr_(obj, "__dict__", fields)
+    setattr_(obj, "__pydantic_fields_set__", set(fields))
+    setattr_(obj, "__pydantic_extra__", None)
+    setattr_(obj, "__pydantic_private__", None)
+    return obj
+
+
+def _pick_constructor():
+    """``model_construct`` costs ~3 µs a model; filling ``__dict__`` costs under 1 µs.
+
+    Use the quick way only if it gives exactly what ``model_construct`` gives on
+    this pydantic version (checked once, at import).
+    """
+    sample = dict(rule="r", reason="why", member="m", observed=1, limit=2, remedy="x")
+    try:
+        quick = _construct_via_dict(Violation, dict(sample))
+        slow = Violation.model_construct(**sample)
+        if quick == slow and quick.model_dump() == slow.model_dump() and repr(quick) == repr(slow):
+            return _construct_via_dict
+    except Exception:  # pragma: no cover - a pydantic whose internals differ
+        pass
+    return lambda cls, fields: cls.model_construct(**fields)  # pragma: no cover
+
+
+_new = _pick_constructor()
+
+
+def _violation(**fields) -> Violation:
+    return _new(Violation, fields)
 
 
 # --- priority arithmetic ----------------------------------------------------------
@@ -102,6 +142,11 @@ class _Window:
     hours: frozenset[int]
     days: frozenset[int]
     priorities: frozenset[TaskPriority]
+    open_hours_of_week: tuple[int, ...]  # day * 24 + hour, sorted: when the window is open
+    hours_text: str  # "22:00-05:59"
+    days_text: str  # "Saturday, Sunday"
+    when_text: str  # "between 22:00 and 05:59 UTC on Saturday, Sunday"
+    never_text: str  # remedy when the window never opens
 
 
 @dataclass(slots=True)
@@ -114,7 +159,7 @@ class _PolicyIndex:
     tagged_sovereignty: tuple[DataSovereignty, ...]
     untagged_constraints: PlacementConstraints
     untagged_violations: tuple[Violation, ...]
-    by_tags: dict[frozenset[str], tuple[PlacementConstraints, tuple[Violation, ...]]] = field(
+    by_tags: dict[tuple[str, ...], tuple[PlacementConstraints, tuple[Violation, ...]]] = field(
         default_factory=dict
     )
 
@@ -144,10 +189,7 @@ def _build_index(policy: CoopSchedulingPolicy) -> _PolicyIndex:
         if isinstance(rule, MemberPriority):
             multipliers.setdefault(rule.member, rule.multiplier)  # the first rule wins
         elif isinstance(rule, TimeWindow):
-            windows.append(
-                _Window(rule, frozenset(rule.allowed_hours), frozenset(rule.allowed_days),
-                        frozenset(rule.priorities))
-            )
+            windows.append(_make_window(rule))
     tagged = tuple(r for r in policy.rules if isinstance(r, DataSovereignty) and r.tags)
     constraints, violations = _build_constraints(policy, ())
     return _PolicyIndex(
@@ -157,6 +199,26 @@ def _build_index(policy: CoopSchedulingPolicy) -> _PolicyIndex:
         tagged_sovereignty=tagged,
         untagged_constraints=constraints,
         untagged_violations=tuple(violations),
+    )
+
+
+def _make_window(rule: TimeWindow) -> _Window:
+    hours, days, prios = frozenset(rule.allowed_hours), frozenset(rule.allowed_days), frozenset(rule.priorities)
+    hours_text, days_text = hour_ranges(hours), day_names(days)
+    when = []
+    if len(hours) < 24:
+        if ", " in hours_text:
+            when.append(f"in {hours_text} UTC")
+        else:
+            when.append(f"between {hours_text.replace('-', ' and ')} UTC")
+    if len(days) < 7:
+        when.append(f"on {days_text}")
+    others = ", ".join(p.value for p in _PRIORITIES if p not in prios) or "none"
+    return _Window(
+        rule=rule, hours=hours, days=days, priorities=prios,
+        open_hours_of_week=tuple(d * 24 + h for d in sorted(days) for h in sorted(hours)),
+        hours_text=hours_text, days_text=days_text, when_text=" ".join(when),
+        never_text=f"this window never opens; submit at a priority it does not list ({others})",
     )
 
 
@@ -207,7 +269,7 @@ def _build_constraints(
         text = f"data must stay in more than one region at once: {why}"
         conflicts.append(text)
         violations.append(
-            Violation.model_construct(
+            _violation(
                 rule=RULE_SOVEREIGNTY,
                 reason=f"No executor can be feasible: {text}.",
                 member=None,
@@ -231,7 +293,7 @@ def _build_constraints(
         if text:
             conflicts.append(text)
             violations.append(
-                Violation.model_construct(
+                _violation(
                     rule=RULE_EXECUTOR_FILTER,
                     reason=f"No executor can be feasible: {text}.",
                     member=None,
@@ -270,15 +332,17 @@ def _constraints_for(
 ) -> tuple[PlacementConstraints, tuple[Violation, ...]]:
     if not tags or not idx.tagged_sovereignty:
         return idx.untagged_constraints, idx.untagged_violations
-    relevant = frozenset(t for r in idx.tagged_sovereignty for t in r.tags if t in tags)
-    if not relevant:
-        return idx.untagged_constraints, idx.untagged_violations
-    hit = idx.by_tags.get(relevant)
+    key = tuple(tags)
+    hit = idx.by_tags.get(key)
     if hit is None:
-        constraints, violations = _build_constraints(policy, relevant)
-        hit = (constraints, tuple(violations))
+        relevant = frozenset(t for r in idx.tagged_sovereignty for t in r.tags if t in key)
+        if relevant:
+            constraints, violations = _build_constraints(policy, sorted(relevant))
+            hit = (constraints, tuple(violations))
+        else:
+            hit = (idx.untagged_constraints, idx.untagged_violations)
         if len(idx.by_tags) < _BY_TAGS_LIMIT:
-            idx.by_tags[relevant] = hit
+            idx.by_tags[key] = hit
     return hit
 
 
@@ -336,19 +400,19 @@ def evaluate(
         violations.extend(conflict_violations)
 
     mode = policy.enforcement_mode
-    rejected = bool(violations) and mode is EnforcementMode.STRICT
-    return PolicyDecision.model_construct(
-        decision="reject" if rejected else "allow",
-        adjusted_priority=adjusted,
-        submitted_priority=priority,
-        constraints=constraints,
-        violations=violations,
-        enforcement_mode=mode,
-        coop_id=policy.coop_id,
-        member=submitter,
-        evaluated_at_ms=now_ms,
-        policy_hash=idx.policy_hash,
-    )
+    rejected = bool(violations) and mode is _STRICT
+    return _new(PolicyDecision, {
+        "decision": "reject" if rejected else "allow",
+        "adjusted_priority": adjusted,
+        "submitted_priority": priority,
+        "constraints": constraints,
+        "violations": violations,
+        "enforcement_mode": mode,
+        "coop_id": policy.coop_id,
+        "member": submitter,
+        "evaluated_at_ms": now_ms,
+        "policy_hash": idx.policy_hash,
+    })
 
 
 # --- violations (only built when something fails) ----------------------------------
@@ -358,11 +422,21 @@ def _fmt_num(x: float) -> str:
     return f"{x:.1f}" if abs(x - round(x, 1)) < 1e-9 else f"{x:.2f}"
 
 
-def _next_month(now_ms: int) -> str:
-    year, mon = (int(p) for p in month_key(now_ms).split("-"))
+@lru_cache(maxsize=64)
+def _month_of_day(day: int) -> tuple[str, str]:
+    """(``YYYY-MM`` of a UTC day number, the start of the next month as ``YYYY-MM-01T00:00Z``)."""
+    key = month_key(day * _MS_PER_DAY)
+    year, mon = int(key[:4]), int(key[5:7])
     year, mon = (year + 1, 1) if mon == 12 else (year, mon + 1)
-    start = month_start_ms(f"{year:04d}-{mon:02d}")
-    return _iso_minute(start)
+    return key, f"{year:04d}-{mon:02d}-01T00:00Z"
+
+
+def _this_month(now_ms: int) -> str:
+    return _month_of_day(now_ms // _MS_PER_DAY)[0]
+
+
+def _next_month(now_ms: int) -> str:
+    return _month_of_day(now_ms // _MS_PER_DAY)[1]
 
 
 def _iso_minute(ms: int) -> str:
@@ -371,10 +445,10 @@ def _iso_minute(ms: int) -> str:
 
 def _cpu_violation(member: str, usage: MemberUsage, quota: MemberQuota, now_ms: int) -> Violation:
     used, limit = usage.cpu_hours_this_month, quota.cpu_hours_per_month
-    return Violation.model_construct(
+    return _violation(
         rule=RULE_CPU_HOURS,
         reason=f"Monthly CPU quota exceeded: {_fmt_num(used)}/{_fmt_num(limit)} hours used in "
-        f"{month_key(now_ms)}.",
+        f"{_this_month(now_ms)}.",
         member=member,
         observed=used,
         limit=limit,
@@ -386,7 +460,7 @@ def _cpu_violation(member: str, usage: MemberUsage, quota: MemberQuota, now_ms: 
 def _concurrent_violation(member: str, usage: MemberUsage, quota: MemberQuota) -> Violation:
     running, limit = usage.concurrent_tasks, quota.max_concurrent_tasks
     need = running - limit + 1
-    return Violation.model_construct(
+    return _violation(
         rule=RULE_CONCURRENT,
         reason=f"Concurrent task limit reached: {running}/{limit} tasks running.",
         member=member,
@@ -397,7 +471,7 @@ def _concurrent_violation(member: str, usage: MemberUsage, quota: MemberQuota) -
 
 
 def _priority_violation(member: str, priority: TaskPriority, quota: MemberQuota) -> Violation:
-    return Violation.model_construct(
+    return _violation(
         rule=RULE_MAX_PRIORITY,
         reason=f"Task priority {priority.value} exceeds the member's limit {quota.max_priority.value}.",
         member=member,
@@ -409,9 +483,9 @@ def _priority_violation(member: str, priority: TaskPriority, quota: MemberQuota)
 
 def _credits_violation(member: str, usage: MemberUsage, credits: int, now_ms: int) -> Violation:
     spent = usage.credits_spent_this_month
-    return Violation.model_construct(
+    return _violation(
         rule=RULE_CREDITS,
-        reason=f"Monthly credit limit reached: {spent}/{credits} credits spent in {month_key(now_ms)}.",
+        reason=f"Monthly credit limit reached: {spent}/{credits} credits spent in {_this_month(now_ms)}.",
         member=member,
         observed=spent,
         limit=credits,
@@ -450,12 +524,14 @@ def day_names(days: Iterable[int]) -> str:
 
 def _next_allowed(w: _Window, now_ms: int) -> int | None:
     """The start of the next UTC hour at which ``w`` allows submission, within a week."""
-    start = (now_ms // _MS_PER_HOUR + 1) * _MS_PER_HOUR
-    for i in range(7 * 24):
-        t = start + i * _MS_PER_HOUR
-        if (t // _MS_PER_HOUR) % 24 in w.hours and (t // _MS_PER_DAY + _EPOCH_WEEKDAY) % 7 in w.days:
-            return t
-    return None
+    table = w.open_hours_of_week
+    if not table:
+        return None
+    hour_index = now_ms // _MS_PER_HOUR
+    now_how = ((hour_index // 24 + _EPOCH_WEEKDAY) % 7) * 24 + hour_index % 24
+    i = bisect_right(table, now_how)
+    ahead = table[i] - now_how if i < len(table) else table[0] + 7 * 24 - now_how
+    return (hour_index + ahead) * _MS_PER_HOUR
 
 
 def _window_violation(
@@ -463,27 +539,12 @@ def _window_violation(
 ) -> Violation:
     parts = []
     if hour not in w.hours:
-        parts.append(f"at {hour:02d}:00 UTC (allowed: {hour_ranges(w.hours)})")
+        parts.append(f"at {hour:02d}:00 UTC (allowed: {w.hours_text})")
     if day not in w.days:
-        parts.append(f"on {_DAY_NAMES[day]} (allowed: {day_names(w.days)})")
+        parts.append(f"on {_DAY_NAMES[day]} (allowed: {w.days_text})")
     nxt = _next_allowed(w, now_ms)
-    if nxt is None:
-        remedy = (
-            f"this window never opens; submit at a priority it does not list "
-            f"({', '.join(p.value for p in _PRIORITIES if p not in w.priorities) or 'none'})"
-        )
-    else:
-        when = []
-        if len(w.hours) < 24:
-            ranges = hour_ranges(w.hours)
-            if ", " in ranges:
-                when.append(f"in {ranges} UTC")
-            else:
-                when.append(f"between {ranges.replace('-', ' and ')} UTC")
-        if len(w.days) < 7:
-            when.append(f"on {day_names(w.days)}")
-        remedy = f"submit {' '.join(when)} (next: {_iso_minute(nxt)})"
-    return Violation.model_construct(
+    remedy = w.never_text if nxt is None else f"submit {w.when_text} (next: {_iso_hour(nxt // _MS_PER_HOUR)})"
+    return _violation(
         rule=RULE_TIME_WINDOW,
         reason=f"{priority.value}-priority tasks may not be submitted {' or '.join(parts)}.",
         member=member,
@@ -491,6 +552,11 @@ def _window_violation(
         limit={"allowed_hours": sorted(w.hours), "allowed_days": sorted(w.days)},
         remedy=remedy,
     )
+
+
+@lru_cache(maxsize=1024)
+def _iso_hour(hour_index: int) -> str:
+    return _iso_minute(hour_index * _MS_PER_HOUR)
 
 
 # --- around the decision: metrics and explanation --------------------------------------
