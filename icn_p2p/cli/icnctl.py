@@ -305,6 +305,13 @@ def policy_check(
     raise typer.Exit(EXIT_OK if decision.decision == "allow" else EXIT_REJECTED)
 
 
+# --- online commands (talk to a running node) ------------------------------------------
+
+from icn_p2p.cli.online import register as _register_online  # noqa: E402
+
+_register_online(app)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="icnctl")
