@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,23 +43,26 @@ SCORE_DECIMALS = 12
 DUPLICATE = "duplicate"
 
 
-class Exclusion(BaseModel):
-    model_config = ConfigDict(frozen=True)
+# Per-offer records are plain slotted dataclasses, read-only by convention (validated and serialised by
+# pydantic as fields of PlacementDecision): a decision over 500 offers builds
+# thousands of them, and model construction would dominate the placement time.
 
+
+@dataclass(slots=True)
+class Exclusion:
     filter: str
     reason: str
 
 
-class OfferResult(BaseModel):
+@dataclass(slots=True)
+class OfferResult:
     """One offer's outcome: excluded (by which filter, why) or scored (with its breakdown)."""
-
-    model_config = ConfigDict(frozen=True)
 
     did: str
     feasible: bool
     excluded_by: Exclusion | None = None
     score: float | None = None
-    breakdown: dict[str, Component] = Field(default_factory=dict)
+    breakdown: dict[str, Component] = field(default_factory=dict)
     rank: int | None = None  # 0 = winner, among feasible offers
 
 
@@ -161,7 +165,7 @@ def evaluate(
     for f in filters:
         reason = f(task, constraints, offer, ctx)
         if reason is not None:
-            return Exclusion.model_construct(filter=f.name, reason=reason)
+            return Exclusion(filter=f.name, reason=reason)
     return None
 
 
@@ -185,7 +189,7 @@ def score(task: ComputeTask, offer: Offer, ctx: PlacementContext, rankers: Seque
     total = 0.0
     for rk in rankers:
         value, inputs = rk(task, offer, ctx)
-        breakdown[rk.name] = Component.model_construct(value=value, weight=rk.weight, inputs=inputs)
+        breakdown[rk.name] = Component(value=value, weight=rk.weight, inputs=inputs)
         total += value
     return round(min(1.0, max(0.0, total)), SCORE_DECIMALS), breakdown
 
@@ -238,27 +242,28 @@ def place(
     kept, superseded = _dedupe(offers)
     scored: list[tuple[float, str, dict[str, Component]]] = []
     excluded: list[OfferResult] = []
+    excluded_counts: Counter[str] = Counter()
     for o in kept:
         ex = evaluate(task, constraints, o, ctx, filters)
         if ex is not None:
-            excluded.append(OfferResult.model_construct(did=o.executor.did, feasible=False, excluded_by=ex,
-                                                        score=None, breakdown={}, rank=None))
-            OFFERS_EXCLUDED.labels(ex.filter).inc()
+            excluded.append(OfferResult(o.executor.did, False, ex))
+            excluded_counts[ex.filter] += 1
             continue
         s, breakdown = score(task, o, ctx, rankers)
         scored.append((s, o.executor.did, breakdown))
     scored.sort(key=lambda t: (-t[0], t[1]))
     results = [
-        OfferResult.model_construct(did=did, feasible=True, excluded_by=None, score=s, breakdown=b, rank=i)
+        OfferResult(did, True, None, s, b, i)
         for i, (s, did, b) in enumerate(scored)
     ]
     results.extend(excluded)
     for o in superseded:
-        ex = Exclusion.model_construct(filter=DUPLICATE, reason="superseded by a later offer from the same executor")
-        results.append(OfferResult.model_construct(did=o.executor.did, feasible=False, excluded_by=ex,
-                                                   score=None, breakdown={}, rank=None))
+        ex = Exclusion(filter=DUPLICATE, reason="superseded by a later offer from the same executor")
+        results.append(OfferResult(o.executor.did, False, ex))
     winner = scored[0][1] if scored else None
     waiting = [] if winner else _waiting_for(constraints, excluded, len(kept))
+    for name, n in excluded_counts.items():
+        OFFERS_EXCLUDED.labels(name).inc(n)
     PLACEMENTS.labels("placed" if winner else "no_feasible").inc()
     if winner:
         log.debug("placement task=%s winner=%s score=%.3f feasible=%d offers=%d",

@@ -23,9 +23,8 @@ the score keeps its full [0, 1] range.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
-
-from pydantic import BaseModel, ConfigDict
 
 from icn_p2p.core.task import ComputeTask
 
@@ -38,10 +37,14 @@ REGION_HINT_BONUS = 0.05
 EXECUTOR_HINT_BONUS = 0.10
 
 
-class Component(BaseModel):
-    """One ranker's part of a score: its value, its weight and the raw inputs."""
+@dataclass(slots=True)
+class Component:
+    """One ranker's part of a score: its value, its weight and the raw inputs.
 
-    model_config = ConfigDict(frozen=True)
+    A plain dataclass (pydantic validates and serialises it inside a decision):
+    placement builds one per ranker per offer, and a model here costs more than
+    the ranking itself.
+    """
 
     value: float
     weight: float
