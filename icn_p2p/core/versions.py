@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _VERSION = re.compile(r"^v?(\d+(?:\.\d+)*)(?:[-+][0-9A-Za-z.\-+]*)?$")
 
 
+@lru_cache(maxsize=4096)
 def parse_version(text: str) -> tuple[int, ...]:
     """Numeric release parts of ``text``; trailing zeros dropped so ``2`` == ``2.0``.
 

@@ -1,0 +1,97 @@
+"""Durable task records on the submitting node (SQLite, WAL).
+
+Each change is committed before ``save`` returns, so a restarted node knows
+every task it admitted, where it was placed and how it ended. Synchronous and
+thread-safe: the node calls it through ``trio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+from .lifecycle import FINAL_STATES, TaskRecord, TaskState
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    coop_id TEXT NOT NULL,
+    submitter TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state);
+CREATE INDEX IF NOT EXISTS tasks_by_coop ON tasks(coop_id, updated_at_ms);
+"""
+
+
+class TaskStore:
+    def __init__(self, path: str | Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"task store schema {version} is newer than this program ({SCHEMA_VERSION})")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def save(self, record: TaskRecord) -> None:
+        row = (record.task_id, record.coop_id, record.submitter, record.state.value,
+               record.updated_at_ms, record.model_dump_json())
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO tasks(task_id, coop_id, submitter, state, updated_at_ms, record)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(task_id) DO UPDATE SET state=excluded.state,"
+                " updated_at_ms=excluded.updated_at_ms, record=excluded.record",
+                row,
+            )
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT record FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+        return TaskRecord.model_validate_json(row[0]) if row else None
+
+    def list(self, *, coop_id: str | None = None, state: TaskState | None = None,
+             limit: int = 100) -> list[TaskRecord]:
+        sql, args = "SELECT record FROM tasks WHERE 1=1", []
+        if coop_id is not None:
+            sql += " AND coop_id=?"
+            args.append(coop_id)
+        if state is not None:
+            sql += " AND state=?"
+            args.append(state.value)
+        sql += " ORDER BY updated_at_ms DESC LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [TaskRecord.model_validate_json(r[0]) for r in rows]
+
+    def unfinished(self) -> list[TaskRecord]:
+        """Tasks a restarted node must pick up again."""
+        finals = tuple(s.value for s in FINAL_STATES)
+        marks = ",".join("?" * len(finals))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT record FROM tasks WHERE state NOT IN ({marks}) ORDER BY updated_at_ms", finals
+            ).fetchall()
+        return [TaskRecord.model_validate_json(r[0]) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
+        return {state: n for state, n in rows}
+
+
+def record_json(record: TaskRecord) -> dict:
+    return json.loads(record.model_dump_json())
