@@ -154,7 +154,7 @@ _UPDATE_DEADLINE_CONTINUE = 0
 
 
 @_CallbackType
-def _on_epoch(_ctx, data, delta, kind):  # pragma: no branch - called from wasm code
+def _on_epoch(_ctx, data, delta, kind):
     """Called on the running thread at each tick: stop the run, or grant one more tick."""
     try:
         ctl = _CONTROLS.get(data or 0)
@@ -186,6 +186,8 @@ class CompiledModule:
     imports: tuple[str, ...]
     memory_min_bytes: tuple[int, ...]
     compile_ms: float
+    # export name -> (param types, result types) for functions, None for other exports
+    exports: dict[str, tuple[tuple[str, ...], tuple[str, ...]] | None]
 
 
 class ModuleError(Exception):
@@ -243,7 +245,14 @@ class ModuleCache:
             raise ModuleError(Outcome.INVALID_MODULE, _first_line(str(e))) from None
         compile_ms = (time.perf_counter() - start) * 1000
         imports = tuple(f"{imp.module}.{imp.name}" for imp in compiled.imports)
-        return CompiledModule(key, compiled, imports, _memory_minimums(binary), compile_ms)
+        exports = {
+            exp.name: (
+                (tuple(str(t) for t in exp.type.params), tuple(str(t) for t in exp.type.results))
+                if isinstance(exp.type, wasmtime.FuncType) else None
+            )
+            for exp in compiled.exports
+        }
+        return CompiledModule(key, compiled, imports, _memory_minimums(binary), compile_ms, exports)
 
 
 CACHE = ModuleCache(ENGINE)
@@ -251,7 +260,7 @@ CACHE = ModuleCache(ENGINE)
 
 def _first_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
+    if not lines:  # pragma: no cover - wasmtime always explains
         return "unknown error"
     # wasmtime puts the cause last ("Caused by: ..."); keep head and cause.
     return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
@@ -298,7 +307,7 @@ def _memory_minimums(binary: bytes) -> tuple[int, ...]:
                 if flags & 0x01:
                     _, p = _leb_u(binary, p)
                 page = WASM_PAGE
-                if flags & 0x08:
+                if flags & 0x08:  # pragma: no cover - custom page sizes are not enabled
                     log2, p = _leb_u(binary, p)
                     page = 1 << log2
                 out.append(minimum * page)
@@ -311,12 +320,11 @@ def _memory_minimums(binary: bytes) -> tuple[int, ...]:
 # --- running ---------------------------------------------------------------------------
 
 
-def _convert_args(params: list[wasmtime.ValType], args: list[int | float]) -> list[int | float]:
+def _convert_args(params: tuple[str, ...], args: list[int | float]) -> list[int | float]:
     if len(args) != len(params):
         raise ModuleError(Outcome.BAD_ARGS, f"entry takes {len(params)} arguments, got {len(args)}")
     out: list[int | float] = []
-    for i, (ty, value) in enumerate(zip(params, args)):
-        kind = str(ty)
+    for i, (kind, value) in enumerate(zip(params, args)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ModuleError(Outcome.BAD_ARGS, f"argument {i}: {value!r} is not a number")
         if kind in ("i32", "i64"):
@@ -336,13 +344,13 @@ def _convert_args(params: list[wasmtime.ValType], args: list[int | float]) -> li
     return out
 
 
-def _entry_type(compiled: CompiledModule, entry: str) -> wasmtime.FuncType:
-    for export in compiled.module.exports:
-        if export.name == entry:
-            if isinstance(export.type, wasmtime.FuncType):
-                return export.type
-            raise ModuleError(Outcome.NO_ENTRY, f"export {entry!r} is not a function")
-    raise ModuleError(Outcome.NO_ENTRY, f"module exports no function {entry!r}")
+def _entry_type(compiled: CompiledModule, entry: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if entry not in compiled.exports:
+        raise ModuleError(Outcome.NO_ENTRY, f"module exports no function {entry!r}")
+    ftype = compiled.exports[entry]
+    if ftype is None:
+        raise ModuleError(Outcome.NO_ENTRY, f"export {entry!r} is not a function")
+    return ftype
 
 
 def _exported_memory_bytes(store: wasmtime.Store, instance: wasmtime.Instance | None) -> int:
@@ -380,8 +388,8 @@ def run_module(
     Never raises for anything the module or the arguments do: every failure is
     an ``ExecutionResult`` with an ``Outcome`` and a detail.
     """
-    cache = cache or CACHE
-    control = control or RunControl()
+    cache = CACHE if cache is None else cache
+    control = RunControl() if control is None else control
     if fuel < 0 or memory_limit_bytes < 0 or wall_ms < 0:
         raise ValueError("limits must be non-negative")
     if control.cancelled:
@@ -394,9 +402,9 @@ def run_module(
             raise ModuleError(
                 Outcome.IMPORTS_NOT_ALLOWED, "module imports " + ", ".join(compiled.imports)
             )
-        ftype = _entry_type(compiled, entry)
-        params = _convert_args(ftype.params, list(args))
-        bad_results = [str(t) for t in ftype.results if str(t) not in ("i32", "i64", "f32", "f64")]
+        param_types, result_types = _entry_type(compiled, entry)
+        params = _convert_args(param_types, list(args))
+        bad_results = [t for t in result_types if t not in ("i32", "i64", "f32", "f64")]
         if bad_results:
             raise ModuleError(Outcome.BAD_ARGS, f"entry returns unsupported types {bad_results}")
         too_big = [m for m in compiled.memory_min_bytes if m > memory_limit_bytes]
@@ -452,12 +460,10 @@ def _execute(
         code = t.trap_code
         trap_code = code.name if code is not None else None
         error = _cause(t.message)
-        if control.stop_reason is not None:
-            outcome = control.stop_reason
-        elif code is wasmtime.TrapCode.OUT_OF_FUEL:
+        if code is wasmtime.TrapCode.OUT_OF_FUEL:
             outcome = Outcome.OUT_OF_FUEL
-        elif code is wasmtime.TrapCode.INTERRUPT:
-            outcome = Outcome.TIMEOUT
+        elif code is wasmtime.TrapCode.INTERRUPT:  # pragma: no cover - the callback stops runs first
+            outcome = control.stop_reason or Outcome.TIMEOUT
         elif _near_cap(_exported_memory_bytes(store, instance), memory_limit_bytes):
             outcome = Outcome.MEMORY_LIMIT
             error = f"memory limit of {memory_limit_bytes} bytes reached, then {error}"
