@@ -696,11 +696,15 @@ class PolicyProposal(_Model):
         expires_at_ms: int | None = None,
         effective_at_ms: int | None = None,
         reason: str = "",
+        coop_id: str | None = None,
     ) -> "PolicyProposal":
-        """Build and sign a proposal; ``domain_state`` None makes a local (development) act."""
+        """Build and sign a proposal; ``domain_state`` None makes a local (development) act.
+
+        A dict body is taken as given (it is checked when the act is judged);
+        ``coop_id`` defaults to the body's."""
         body = policy.to_icn_dict() if isinstance(policy, CoopSchedulingPolicy) else dict(policy)
         fields = dict(
-            coop_id=body.get("coop_id"), domain=domain_state.name if domain_state else None,
+            coop_id=coop_id if coop_id is not None else body.get("coop_id"), domain=domain_state.name if domain_state else None,
             domain_state=domain_state.state_hash if domain_state else None, policy=body,
             version=version, parent_hash=parent_hash, effective_at_ms=effective_at_ms,
             expires_at_ms=expires_at_ms, reason=reason, proposer=key.did, created_at_ms=created_at_ms,
