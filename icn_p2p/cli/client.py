@@ -102,8 +102,10 @@ class RpcClient:
             raise ClientError(
                 f"node at {self.url} answered HTTP {response.status_code} without JSON-RPC"
             ) from None
-        if not isinstance(doc, dict):
-            raise ClientError(f"node at {self.url} sent an unexpected answer")
+        if not isinstance(doc, dict) or doc.get("jsonrpc") != "2.0":
+            raise ClientError(
+                f"node at {self.url} answered HTTP {response.status_code} without JSON-RPC"
+            )
         if "error" in doc:
             err = doc["error"] if isinstance(doc["error"], dict) else {}
             raise RpcCallError(int(err.get("code", 0)), str(err.get("message", "error")), err.get("data"))

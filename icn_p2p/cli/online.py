@@ -25,14 +25,7 @@ import typer
 
 from icn_p2p.api.defaults import DEFAULT_NODE_URL, TOKEN_FILE_NAME
 from icn_p2p.cli.client import ClientError, NodeUnreachable, RpcCallError, RpcClient
-from icn_p2p.cli.output import (
-    BadInput,
-    console,
-    emit_json,
-    err_console,
-    issues_from_validation,
-    load_json_file,
-)
+from icn_p2p.cli.output import BadInput, emit_json, issues_from_validation, load_json_file
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -160,6 +153,30 @@ def _num(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def console(*, stderr: bool = False):
+    """A rich console on the current stdout/stderr (resolved at call time, so tests capture it).
+
+    Emoji codes stay off: ``did:key:z6Mk…`` must not print a key symbol.
+    """
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True, highlight=False, emoji=False)
+
+
+def err_console():
+    return console(stderr=True)
+
+
+def table_console():
+    """Where tables go: the terminal's width, or wide enough for whole rows when piped."""
+    from rich.console import Console
+
+    out = console()
+    if out.is_terminal:
+        return out
+    return Console(soft_wrap=True, highlight=False, emoji=False, width=200)
+
+
 def _print(text: str) -> None:
     console().print(text, markup=False, highlight=False)
 
@@ -238,7 +255,7 @@ def policy_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     for p in policies:
         table.add_row(p["coop_id"], str(p["version"]), p["enforcement_mode"], p.get("governance_domain") or "-",
                       str(p["rules"]), str(p["member_quotas"]), p["content_hash"][:12])
-    console().print(table)
+    table_console().print(table)
 
 
 def policy_remove(ctx: typer.Context, coop_id: CoopOpt, as_json: JsonOpt = False) -> None:
@@ -271,7 +288,7 @@ def policy_history(
     for v in result["versions"]:
         table.add_row(str(v["version"]), when(v.get("set_at_ms")), short(v.get("set_by")),
                       "yes" if v.get("governed") else "no", v.get("action", "set"), v["content_hash"][:12])
-    console().print(table)
+    table_console().print(table)
 
 
 # --- quota ---------------------------------------------------------------------------
@@ -311,7 +328,7 @@ def quota_show(
     table = _table(None, [("counter", "text"), ("used", "num"), ("limit", "num")])
     for row in _quota_rows(result):
         table.add_row(*row)
-    console().print(table)
+    table_console().print(table)
 
 
 def quota_list(
@@ -341,7 +358,7 @@ def quota_list(
             str(u["concurrent_tasks"]), _num(q.get("max_concurrent_tasks")), str(u["tasks_completed_this_month"]),
             str(u["credits_spent_this_month"]), "unlimited" if q and credits is None else _num(credits),
         )
-    console().print(table)
+    table_console().print(table)
 
 
 # --- compute -------------------------------------------------------------------------
@@ -509,7 +526,7 @@ def compute_list(
     for t in tasks:
         table.add_row(t["task_id"], t["coop_id"], short(t["submitter"]), t["priority"], t["state"],
                       short(t.get("executor")), _num(t.get("fuel_used")), when(t.get("updated_at_ms")))
-    console().print(table)
+    table_console().print(table)
 
 
 def compute_explain(
@@ -541,7 +558,7 @@ def compute_explain(
             table.add_row(short(o["executor"]) + mark, "yes" if o["feasible"] else "no",
                           _num(o.get("score"), 3), *(_num(o["breakdown"].get(k), 3) for k in keys),
                           "; ".join(o.get("reasons", [])))
-        console().print(table)
+        table_console().print(table)
     else:
         _print("no offers")
 
@@ -565,7 +582,7 @@ def mesh_peers(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     for p in peers:
         table.add_row(short(p["peer_id"]), short(p.get("did")), _num(p.get("rtt_ms")),
                       ", ".join(p.get("coops", [])) or "-", (p.get("addrs") or ["-"])[0])
-    console().print(table)
+    table_console().print(table)
 
 
 def _snapshot(client: RpcClient) -> dict[str, Any]:
@@ -626,12 +643,12 @@ def mesh_watch(
                     if as_json:
                         print(json.dumps(snap), flush=True)
                     else:
-                        console().print(_watch_table(snap))
+                        table_console().print(_watch_table(snap))
                     done += 1
                     if limit is None or done < limit:
                         time.sleep(interval)
                 return
-            with Live(console=console(), auto_refresh=False) as live:
+            with Live(console=table_console(), auto_refresh=False) as live:
                 while limit is None or done < limit:
                     live.update(_watch_table(_snapshot(client)), refresh=True)
                     done += 1
