@@ -14,6 +14,11 @@ imports anything is refused before it is instantiated). Limits:
   otherwise lets it continue for one more tick. A cancelled or timed-out run
   therefore stops within about one tick and never pins a worker thread.
 
+Fuel on a stopped run: wasmtime keeps the fuel counter in a register and
+writes it back at calls and returns, not at an epoch interrupt, so for a
+``timeout`` or ``cancelled`` run ``fuel_used`` is a lower bound (0 for a loop
+without calls); ``cpu_ms`` is exact and is what usage should charge then.
+
 Compiled modules are kept in a bounded LRU keyed by the SHA-256 of the module
 as given (binary or WAT text), so a repeated task pays compilation once.
 
