@@ -17,6 +17,7 @@ value, with duplicate keys refused.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import cbor2
@@ -33,7 +34,8 @@ _MAJOR_UINT, _MAJOR_NINT, _MAJOR_BYTES, _MAJOR_TEXT = 0, 1, 2, 3
 _MAJOR_ARRAY, _MAJOR_MAP, _MAJOR_TAG, _MAJOR_SIMPLE = 4, 5, 6, 7
 # major 7: false, true, null, half, single, double float
 _SIMPLE_OK = frozenset((20, 21, 22, 25, 26, 27))
-_ARG_WIDTH = {24: 1, 25: 2, 26: 4, 27: 8}
+_MIN_FOR_WIDTH = {24: 24, 25: 1 << 8, 26: 1 << 16, 27: 1 << 32}
+_INF = float("inf")
 
 
 def check_value(obj: Any, *, max_depth: int = _DUMPS_MAX_DEPTH) -> None:
@@ -76,21 +78,41 @@ def dumps(obj: Any) -> bytes:
         raise WireError(Reason.BAD_SCHEMA, f"cannot encode: {exc}") from None
 
 
-def _scan(data: bytes, max_depth: int, max_items: int) -> None:
+def _float_is_shortest(ai: int, raw: bytes) -> bool:
+    """cbor2's canonical floats: NaN is f97e00, otherwise the narrowest exact width."""
+    if ai == 25:
+        value = struct.unpack(">e", raw)[0]
+        return raw == b"\x7e\x00" if value != value else True
+    value = struct.unpack(">f" if ai == 26 else ">d", raw)[0]
+    if value != value or value in (_INF, -_INF):
+        return False  # NaN and infinities are half floats
+    for fmt in (">e", ">f") if ai == 27 else (">e",):
+        try:
+            if struct.unpack(fmt, struct.pack(fmt, value))[0] == value:
+                return False
+        except OverflowError:
+            pass
+    return True
+
+
+def _scan(data: bytes, max_depth: int, max_items: int, canonical: bool) -> None:
     """Walk the item headers of ``data`` without building anything.
 
-    ``stack`` holds, for each open container, how many items it still expects
-    (a map of n pairs expects 2n; an even count left in a map means the next
-    item is a key).
+    ``remaining`` holds, for each open container, how many items it still
+    expects (a map of n pairs expects 2n; an even count left in a map means the
+    next item is a key). With ``canonical``, heads must be in shortest form,
+    floats in the narrowest exact width, and map keys in strictly increasing
+    (length, bytes) order (which also excludes duplicates).
     """
     n = len(data)
     pos = 0
     items = 0
     remaining: list[int] = []  # items still expected, per open container
-    is_map: list[bool] = []
+    last_key: list[bytes | None] = []  # per open container: previous map key (None for arrays)
     while True:
         if pos >= n:
             raise WireError(Reason.MALFORMED, "truncated CBOR")
+        start = pos
         ib = data[pos]
         pos += 1
         major = ib >> 5
@@ -98,27 +120,29 @@ def _scan(data: bytes, max_depth: int, max_items: int) -> None:
         if ai < 24:
             arg = ai
         elif ai < 28:
-            width = _ARG_WIDTH[ai]
+            width = 1 << (ai - 24)
             if pos + width > n:
                 raise WireError(Reason.MALFORMED, "truncated CBOR")
             if major == _MAJOR_SIMPLE:
+                if canonical and ai > 24 and not _float_is_shortest(ai, data[pos:pos + width]):
+                    raise WireError(Reason.MALFORMED, "float not in its canonical width")
                 arg = ai
             else:
                 arg = int.from_bytes(data[pos:pos + width], "big")
+                if canonical and arg < _MIN_FOR_WIDTH[ai]:
+                    raise WireError(Reason.MALFORMED, "integer or length not in shortest form")
             pos += width
         elif ai == 31:
             raise WireError(Reason.MALFORMED, "indefinite-length items are not allowed")
         else:
             raise WireError(Reason.MALFORMED, f"reserved additional information {ai}")
 
-        if remaining and is_map[-1] and remaining[-1] % 2 == 0 and major != _MAJOR_TEXT:
-            raise WireError(Reason.BAD_SCHEMA, "map keys must be text strings")
-
-        if major == _MAJOR_BYTES or major == _MAJOR_TEXT:
-            if arg > n - pos:
-                raise WireError(Reason.MALFORMED, "string length exceeds the data")
-            pos += arg
-        elif major == _MAJOR_ARRAY or major == _MAJOR_MAP:
+        if major <= _MAJOR_TEXT:
+            if major >= _MAJOR_BYTES:
+                if arg > n - pos:
+                    raise WireError(Reason.MALFORMED, "string length exceeds the data")
+                pos += arg
+        elif major <= _MAJOR_MAP:
             expected = arg * 2 if major == _MAJOR_MAP else arg
             items += arg
             if items > max_items:
@@ -127,22 +151,32 @@ def _scan(data: bytes, max_depth: int, max_items: int) -> None:
                 raise WireError(Reason.MALFORMED, "container length exceeds the data")
             if len(remaining) >= max_depth:
                 raise WireError(Reason.TOO_DEEP, f"nesting deeper than {max_depth}")
-            if expected:
-                remaining.append(expected)
-                is_map.append(major == _MAJOR_MAP)
-                continue  # the container's first child comes next
         elif major == _MAJOR_TAG:
             raise WireError(Reason.BAD_SCHEMA, f"CBOR tag {arg} is not allowed")
-        elif major == _MAJOR_SIMPLE:
-            if arg not in _SIMPLE_OK:
-                raise WireError(Reason.BAD_SCHEMA, f"CBOR simple value {arg} is not allowed")
+        elif arg not in _SIMPLE_OK:
+            raise WireError(Reason.BAD_SCHEMA, f"CBOR simple value {arg} is not allowed")
+
+        if remaining:
+            prev = last_key[-1]
+            if prev is not None and not remaining[-1] & 1:  # this item is a map key
+                if major != _MAJOR_TEXT:
+                    raise WireError(Reason.BAD_SCHEMA, "map keys must be text strings")
+                if canonical:
+                    key = data[start:pos]
+                    if prev and (len(key), key) <= (len(prev), prev):
+                        raise WireError(Reason.MALFORMED, "map keys not in canonical order")
+                    last_key[-1] = key
+        if (major == _MAJOR_ARRAY or major == _MAJOR_MAP) and expected:
+            remaining.append(expected)
+            last_key.append(b"" if major == _MAJOR_MAP else None)
+            continue  # the container's first child comes next
         # an item is complete: close every container it completes
         while remaining:
             remaining[-1] -= 1
             if remaining[-1]:
                 break
             remaining.pop()
-            is_map.pop()
+            last_key.pop()
         if not remaining:
             if pos != n:
                 raise WireError(Reason.MALFORMED, f"{n - pos} trailing bytes")
@@ -170,7 +204,7 @@ def loads(
     data = bytes(data)
     if len(data) > max_bytes:
         raise WireError(Reason.TOO_LARGE, f"{len(data)} bytes > {max_bytes}")
-    _scan(data, max_depth, max_items)
+    _scan(data, max_depth, max_items, canonical)
     try:
         value = cbor2.loads(
             data,
@@ -180,6 +214,4 @@ def loads(
         )
     except Exception as exc:  # cbor2 reports bad UTF-8, duplicate keys, ... as CBORDecodeError
         raise WireError(Reason.MALFORMED, f"undecodable CBOR: {exc}") from None
-    if canonical and cbor2.dumps(value, canonical=True) != data:
-        raise WireError(Reason.MALFORMED, "not canonical CBOR")
     return value

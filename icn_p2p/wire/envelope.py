@@ -150,8 +150,9 @@ def open_envelope(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Envelope:
     if not isinstance(body, dict) or body.keys() != _BODY_KEYS:
         got = sorted(body) if isinstance(body, dict) else type(body).__name__
         raise WireError(Reason.BAD_SCHEMA, f"body must have exactly {sorted(_BODY_KEYS)}, got {got}")
+    payload = body["payload"]  # already inside the data model: loads scanned it
     try:
-        env = Envelope.model_validate({**body, "sig": sig})
+        env = Envelope.model_validate({**body, "payload": None, "sig": sig})
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in err["loc"])
@@ -160,5 +161,6 @@ def open_envelope(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Envelope:
         raise WireError(Reason.BAD_SIGNER, f"signer {env.signer!r} is not an Ed25519 did:key")
     if not verify(env.signer, body_bytes, sig):
         raise WireError(Reason.BAD_SIGNATURE, f"signature does not verify for {env.signer}")
+    env = env.model_copy(update={"payload": payload})
     env._body = body_bytes
     return env

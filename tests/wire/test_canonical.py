@@ -180,3 +180,32 @@ def test_random_bytes_only_raise_wire_error(data):
         load(data, max_items=50, max_depth=8)
     except WireError:
         pass
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), -float("inf"), -0.0, 65504.0, 65520.0, 2.0**-24, 2.0**-25, 1e39, 0.1, 3.4028234663852886e38]
+)
+def test_canonical_floats_round_trip(value):
+    data = dumps(value)
+    got = load(data, canonical=True)
+    assert got == value or (math.isnan(got) and math.isnan(value))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xfa" + struct.pack(">f", 1.5),  # fits a half
+        b"\xfb" + struct.pack(">d", 65520.0),  # fits a single
+        b"\xfb" + struct.pack(">d", float("inf")),
+        b"\xfa" + struct.pack(">f", float("nan")),
+        b"\xf9\x7e\x01",  # NaN with a payload
+        b"\x19\x00\x10",  # 16 in two bytes
+        b"\x1a\x00\x00\x01\x00",  # 256 in four bytes
+        b"\x1b\x00\x00\x00\x00\x00\x01\x00\x00",
+        b"\x58\x01\x00",  # 1-byte string with a 1-byte length head
+        b"\xa2\x62aa\x01\x61b\x02",  # longer key first
+    ],
+)
+def test_non_canonical_forms_refused_when_canonical_is_demanded(data):
+    load(data)  # well-formed: accepted without the canonical flag (bar duplicates)
+    assert reason_of(load, data, canonical=True) == Reason.MALFORMED
