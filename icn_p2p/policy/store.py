@@ -627,17 +627,21 @@ class PolicyStore:
         rows = self._db.execute(
             "SELECT proposal_id, version, parent_hash, policy_hash, domain, domain_state, proposer, "
             "created_at_ms, expires_at_ms FROM proposals WHERE coop_id=?", (coop_id,)).fetchall()
+        votes: dict[str, list[tuple[str, int]]] = {}
+        for sid, who, at in self._db.execute(
+                "SELECT a.subject_id, a.approver, a.approved_at_ms FROM approvals a "
+                "JOIN proposals p ON p.proposal_id = a.subject_id WHERE p.coop_id=?", (coop_id,)):
+            votes.setdefault(sid, []).append((who, at))
         cands = [ActCandidate(
             act_id=r[0], coop_id=coop_id, version=r[1], parent_hash=r[2], policy_hash=r[3], domain=r[4],
             domain_state=r[5], proposer=r[6], created_at_ms=r[7], expires_at_ms=r[8],
-            approvals=((r[6], r[7]), *self._approval_pairs(r[0]))) for r in rows]
+            approvals=((r[6], r[7]), *votes.get(r[0], ()))) for r in rows]
         res = resolve_policy_chain(cands, self._states, coop_domain=self.coop_domains.get(coop_id))
         statuses = dict(res.statuses)
-        old_accept = {r[0]: r[1] for r in self._db.execute(
-            "SELECT act_id, accepted_at_ms FROM policy_versions WHERE coop_id=?", (coop_id,))}
         self._db.execute("DELETE FROM policy_versions WHERE coop_id=?", (coop_id,))
-        eff = {r[0]: r[1] for r in self._db.execute(
-            "SELECT proposal_id, effective_at_ms FROM proposals WHERE coop_id=?", (coop_id,))}
+        meta = {r[0]: (r[1], r[2]) for r in self._db.execute(
+            "SELECT proposal_id, effective_at_ms, accepted_at_ms FROM proposals WHERE coop_id=?",
+            (coop_id,))}
         for act_id, j in res.judged.items():
             status = statuses[act_id]
             if status == Reason.GOVERNED_COOP.value and j.cand.domain is None:
@@ -645,22 +649,20 @@ class PolicyStore:
                 self._db.execute("DELETE FROM proposals WHERE proposal_id=?", (act_id,))
                 self._db.execute("DELETE FROM approvals WHERE subject_id=?", (act_id,))
                 continue
-            accepted_at = old_accept.get(act_id)
-            if accepted_at is None:
-                accepted_at = self._db.execute(
-                    "SELECT accepted_at_ms FROM proposals WHERE proposal_id=?", (act_id,)).fetchone()[0]
+            effective_at, accepted_at = meta[act_id]
             if accepted_at is None:
                 accepted_at = now_ms
             self._db.execute(
                 "INSERT INTO policy_versions VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (coop_id, j.cand.version, act_id, j.cand.policy_hash,
-                 _ACTIVE if status == Reason.ACCEPTED.value else status, j.cand.mode, eff.get(act_id),
+                 _ACTIVE if status == Reason.ACCEPTED.value else status, j.cand.mode, effective_at,
                  accepted_at, json.dumps(list(j.approvers)),
                  j.tally.threshold_at_ms if j.tally else j.cand.created_at_ms))
-            self._db.execute("UPDATE proposals SET accepted_at_ms=COALESCE(accepted_at_ms, ?) "
-                             "WHERE proposal_id=?", (accepted_at, act_id))
-        for act_id, status in statuses.items():
-            self._db.execute("UPDATE proposals SET status=? WHERE proposal_id=?", (status, act_id))
+            if meta[act_id][1] is None and accepted_at is not None:
+                self._db.execute("UPDATE proposals SET accepted_at_ms=? WHERE proposal_id=?",
+                                 (accepted_at, act_id))
+        self._db.executemany("UPDATE proposals SET status=? WHERE proposal_id=? AND status!=?",
+                             [(st, a, st) for a, st in statuses.items()])
         self._chains[coop_id] = self._read_chain(coop_id)
         return statuses
 

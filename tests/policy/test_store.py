@@ -473,3 +473,15 @@ def test_concurrent_threads_share_one_store(store):
     for t in threads:
         t.join()
     assert store.heads()["c1"].version == 6
+
+
+def test_repinning_on_reopen_refolds_coops(tmp_path):
+    path = tmp_path / "p.db"
+    with PolicyStore(path) as s:
+        s.apply_genesis(GEN, 1)
+        assert s.apply_act(act(), 2).accepted
+    with PolicyStore(path, pinned={"gov:x": "ab" * 32}) as s:
+        assert s.domain_state("gov:x") is None
+        assert s.heads() == {} and s.status(act().act_id) == "unknown_domain"
+    with PolicyStore(path) as s:
+        assert s.heads()["c1"].version == 1
