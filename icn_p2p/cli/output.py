@@ -125,7 +125,7 @@ def _message(err: dict[str, Any]) -> str:
     value = err.get("input")
     got = f" (got {_show(value)})"
     if isinstance(value, float) and not math.isfinite(value) and kind in (
-        "greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
+        "greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number", "value_error",
     ):
         return f"must be a finite number{got}"
     if kind == "missing":
