@@ -152,6 +152,7 @@ def test_not_bytes_and_non_canonical():
     unsorted = b"\xa2\x61b\x01\x61a\x02"
     assert load(unsorted) == {"a": 2, "b": 1}
     assert reason_of(load, unsorted, canonical=True) == Reason.MALFORMED
+    assert reason_of(load, b"\xa2\x61a\x01\x61a\x02", canonical=True) == Reason.MALFORMED  # duplicate
     wide = b"\xfb" + struct.pack(">d", 1.5)  # 1.5 fits a half float
     assert load(wide) == 1.5
     assert reason_of(load, wide, canonical=True) == Reason.MALFORMED
