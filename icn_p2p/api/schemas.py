@@ -15,7 +15,8 @@ import base64
 import binascii
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from icn_p2p.core.decision import PolicyDecision
 from icn_p2p.core.enums import EnforcementMode, ScopeLevel, TaskPriority
@@ -57,19 +58,27 @@ class NoParams(Params):
 # --- policy ------------------------------------------------------------------
 
 
-class Approval(Params):
-    """One governance member's signature over a policy version (hex Ed25519 signature)."""
-
-    signer: Name
-    signature: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{128}$")]
-
-
 class PolicySetParams(Params):
-    """Set a coop's policy. ``coop_id``, when given, must match the policy's own."""
+    """Set a coop's policy: a plain ``policy`` or a signed governance ``act``, not both.
 
-    policy: CoopSchedulingPolicy
+    A plain policy is a local act signed by the node's own key: accepted only
+    for a coop whose policy has no governance domain (a development sandbox).
+    A governed coop changes only through a ``PolicyAct`` (proposal plus member
+    approvals, as ``PolicyAct.to_wire()``), which the node verifies and gossips.
+    ``coop_id``, when given, must match the policy's (or the act's) coop.
+    """
+
+    policy: CoopSchedulingPolicy | None = None
+    act: dict[str, Any] | None = None
     coop_id: Name | None = None
-    approvals: list[Approval] = Field(default_factory=list, max_length=256)
+    reason: Annotated[str, Field(max_length=1024)] = ""
+
+    @field_validator("act")
+    @classmethod
+    def _one_of(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if v is not None and info.data.get("policy") is not None:
+            raise ValueError("give either policy or act, not both")
+        return v
 
     @field_validator("coop_id")
     @classmethod
@@ -78,6 +87,12 @@ class PolicySetParams(Params):
         if v is not None and policy is not None and v != policy.coop_id:
             raise ValueError(f"coop_id {v!r} does not match the policy's coop_id {policy.coop_id!r}")
         return v
+
+    @model_validator(mode="after")
+    def _something(self) -> "PolicySetParams":
+        if self.policy is None and self.act is None:
+            raise PydanticCustomError("missing", "give a policy or a signed act")
+        return self
 
 
 class PolicySetResult(Result):

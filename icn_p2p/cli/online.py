@@ -184,23 +184,17 @@ def _print(text: str) -> None:
 # --- policy --------------------------------------------------------------------------
 
 
-def policy_set(
-    ctx: typer.Context,
-    policy_file: Annotated[Path, typer.Option("--policy", help="Policy file (ICN JSON format).", show_default=False)],
-    coop_id: Annotated[Optional[str], typer.Option("--coop-id", help="Must match the file's coop_id.")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Set a coop's policy on the node from a JSON file (validated before sending)."""
+def _load_policy(path: Path, as_json: bool) -> Any:
     from pydantic import ValidationError
 
     from icn_p2p.core.policy import CoopSchedulingPolicy
 
     try:
-        data = load_json_file(policy_file, "policy file")
+        data = load_json_file(path, "policy file")
         try:
-            policy = CoopSchedulingPolicy.model_validate(data)
+            return CoopSchedulingPolicy.model_validate(data)
         except ValidationError as e:
-            raise BadInput(str(policy_file), issues_from_validation(e)) from None
+            raise BadInput(str(path), issues_from_validation(e)) from None
     except BadInput as e:
         if as_json:
             emit_json({"error": {"message": "invalid policy file", "errors": [i.as_dict() for i in e.issues]}})
@@ -208,9 +202,36 @@ def policy_set(
             for line in e.lines():
                 err_console().print(line, markup=False, highlight=False)
         raise typer.Exit(EXIT_ERROR)
-    if coop_id is not None and coop_id != policy.coop_id:
-        fail(f"--coop-id {coop_id} does not match the file's coop_id {policy.coop_id}", as_json=as_json)
-    result = call(ctx, as_json, "policy.set", policy=policy.to_icn_dict(), coop_id=coop_id)
+
+
+def policy_set(
+    ctx: typer.Context,
+    policy_file: Annotated[Optional[Path], typer.Option(
+        "--policy", help="Policy file (ICN JSON format) for a coop without a governance domain.")] = None,
+    act_file: Annotated[Optional[Path], typer.Option(
+        "--act", help="Signed policy act (JSON) for a governed coop.")] = None,
+    coop_id: Annotated[Optional[str], typer.Option("--coop-id", help="Must match the file's coop_id.")] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the history).")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a coop's policy on the node from a JSON file (validated before sending)."""
+    if (policy_file is None) == (act_file is None):
+        raise typer.BadParameter("give exactly one of --policy FILE or --act FILE", param_hint="--policy")
+    params: dict[str, Any] = {"coop_id": coop_id, "reason": reason or None}
+    if policy_file is not None:
+        policy = _load_policy(policy_file, as_json)
+        if coop_id is not None and coop_id != policy.coop_id:
+            fail(f"--coop-id {coop_id} does not match the file's coop_id {policy.coop_id}", as_json=as_json)
+        params["policy"] = policy.to_icn_dict()
+    else:
+        try:
+            act = load_json_file(act_file, "act file")
+        except BadInput as e:
+            fail("; ".join(e.lines()), as_json=as_json)
+        if not isinstance(act, dict):
+            fail(f"{act_file}: a signed act is a JSON object", as_json=as_json)
+        params["act"] = act
+    result = call(ctx, as_json, "policy.set", **params)
     if as_json:
         emit_json(result)
         return

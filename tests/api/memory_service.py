@@ -63,6 +63,8 @@ class MemoryService:
 
     async def policy_set(self, p: s.PolicySetParams) -> s.PolicySetResult:
         self._maybe_crash("policy_set")
+        if p.policy is None:
+            raise ServiceError("invalid", "signed acts are not handled here")
         coop = p.policy.coop_id
         versions = self.history.setdefault(coop, [])
         h = p.policy.content_hash()
@@ -71,7 +73,7 @@ class MemoryService:
             return s.PolicySetResult(coop_id=coop, version=cur.version, content_hash=h, changed=False)
         record = s.PolicyRecord(
             coop_id=coop, version=len(versions) + 1, content_hash=h, policy=p.policy,
-            set_by=NODE_DID, set_at_ms=self._tick(), governed=bool(p.approvals),
+            set_by=NODE_DID, set_at_ms=self._tick(), governed=False,
         )
         versions.append(record)
         self.current[coop] = record

@@ -352,3 +352,11 @@ async def test_metrics_count_calls_by_method_and_outcome(server):
     assert after[key_unauth] - before.get(key_unauth, 0) == 1
     families = {f.name for f in text_string_to_metric_families(r.text)}
     assert {"icn_rpc_requests", "icn_rpc_seconds", "icn_policy_violations", "icn_peers"} <= families
+
+
+async def test_policy_set_needs_exactly_one_of_policy_or_act(server):
+    resp = await server.rpc("policy.set", {}, auth=True)
+    assert resp["error"]["code"] == -32602
+    assert resp["error"]["data"]["errors"][0]["field"] == "params"
+    resp = await server.rpc("policy.set", {"policy": POLICY, "act": {"proposal": {}}}, auth=True)
+    assert resp["error"]["data"]["errors"][0]["field"] == "act"

@@ -341,3 +341,21 @@ def test_node_env_var_and_not_json_rpc(server):
     # something that answers HTTP but not JSON-RPC
     r = CliRunner().invoke(app, ["--node", server.url + "/nowhere", "node", "info"])
     assert r.exit_code == 1 and "without JSON-RPC" in r.stderr
+
+
+def test_policy_set_takes_exactly_one_of_policy_or_act(server, policy_file, tmp_path):
+    r = run(server, "policy", "set")
+    assert r.exit_code == 2
+    act = tmp_path / "act.json"
+    act.write_text(json.dumps({"proposal": {}, "approvals": []}))
+    r = run(server, "policy", "set", "--policy", policy_file, "--act", act)
+    assert r.exit_code == 2
+    # the act travels to the node, which judges it (this one refuses acts)
+    r = run(server, "policy", "set", "--act", act, "--reason", "vote 12")
+    assert r.exit_code == 1 and r.stderr.strip() == "error: invalid: signed acts are not handled here"
+    act.write_text("[1, 2]")
+    r = run(server, "policy", "set", "--act", act)
+    assert r.exit_code == 1 and "JSON object" in r.stderr
+    act.write_text("{nope")
+    r = run(server, "policy", "set", "--act", act, "--json")
+    assert r.exit_code == 1 and "invalid JSON" in json.loads(r.stdout)["error"]["message"]
