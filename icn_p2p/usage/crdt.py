@@ -241,6 +241,39 @@ class SignedUsageEntry:
         return verify(self.signer, self.entry.signing_bytes(), self.sig)
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """An item judged before taking the store's lock: parsed and signature-checked,
+    or the rejection it earned. Lets a big merge verify without blocking writers."""
+
+    signed: SignedUsageEntry | None
+    rejection: UsageRejection | None = None
+    verified: bool = True
+
+
+def precheck(item: Any, held: "UsageState | None" = None) -> Checked:
+    """Parse and verify one incoming item (pure). With ``held``, an item identical to
+    an entry we hold skips verification here; ``check`` decides it under the lock."""
+    if isinstance(item, Checked):
+        return item
+    try:
+        s = item if isinstance(item, SignedUsageEntry) else SignedUsageEntry.from_wire(item)
+        if s.signer != s.entry.writer:
+            raise UsageRejection(Reason.FOREIGN_SLOT,
+                                 f"signer {s.signer} wrote into {s.entry.writer}'s slot")
+        if not is_key_did(s.entry.writer):
+            raise UsageRejection(Reason.BAD_SCHEMA, f"writer {s.entry.writer!r} is not a did:key")
+        if held is not None:
+            mine = held.get_entry(s.entry.coop_id, *s.entry.key)  # a hint only: no lock here
+            if mine is not None and mine.sig == s.sig and mine.version == s.entry.version:
+                return Checked(s, None, verified=False)
+        if not s.verify():
+            raise UsageRejection(Reason.BAD_SIGNATURE, f"entry v{s.entry.version} of {s.entry.writer}")
+    except UsageRejection as exc:
+        return Checked(None, exc)
+    return Checked(s)
+
+
 @dataclass(slots=True)
 class UsageDelta:
     """What a peer is missing of one coop: every entry above ``since``; the sender
@@ -528,7 +561,13 @@ class UsageState:
 
     def check(self, item: Any, now_ms: int, retention_ms: int) -> tuple[SignedUsageEntry, UsageEntry | None]:
         """Judge one incoming entry; raises ``UsageRejection``. Returns it and what we hold."""
-        s = item if isinstance(item, SignedUsageEntry) else SignedUsageEntry.from_wire(item)
+        verified = False
+        if isinstance(item, Checked):
+            if item.rejection is not None:
+                raise item.rejection
+            s, verified = item.signed, item.verified
+        else:
+            s = item if isinstance(item, SignedUsageEntry) else SignedUsageEntry.from_wire(item)
         e = s.entry
         if not isinstance(e, UsageEntry):
             raise UsageRejection(Reason.BAD_SCHEMA, "not a usage entry")
@@ -545,7 +584,7 @@ class UsageState:
         held = c.entries.get(e.key) if c else None
         if held is not None and held.sig is not None and held.sig == s.sig and held.version == e.version:
             return s, held  # the very entry we hold: nothing to verify or do
-        if not s.verify():
+        if not verified and not s.verify():
             raise UsageRejection(Reason.BAD_SIGNATURE, f"entry v{e.version} of {e.writer}")
         if held is not None and not _chain_consistent(held, e):
             raise UsageRejection(
@@ -598,6 +637,8 @@ class UsageState:
             result.rejected.append((exc.reason, exc.detail))
             if exc.reason == Reason.STALE:
                 return None  # a pruned month is meant to be absent
+            if isinstance(item, Checked):
+                item = item.signed
             writer = getattr(getattr(item, "entry", None), "writer", None)
             if writer is None and isinstance(item, dict) and isinstance(item.get("entry"), dict):
                 writer = item["entry"].get("writer")

@@ -39,6 +39,7 @@ from .crdt import (
     UsageRejection,
     UsageState,
     month_is_stale,
+    precheck,
 )
 from .metrics import ENTRIES_MERGED, ENTRIES_REJECTED
 
@@ -305,9 +306,14 @@ class UsageStore:
             return self.state.coops()
 
     def merge(self, entries: Iterable[Any]) -> MergeResult:
-        """Merge signed entries (objects or wire dicts); bad ones are refused with a reason."""
+        """Merge signed entries (objects or wire dicts); bad ones are refused with a reason.
+
+        Parsing and signature checks run before the lock is taken, so a large
+        merge does not hold up local writes for its verification time.
+        """
+        checked = [precheck(item, self.state) for item in entries]
         with self.batch():
-            result = self.state.merge(entries, now_ms=self.clock.now_ms(),
+            result = self.state.merge(checked, now_ms=self.clock.now_ms(),
                                       retention_ms=self.retention_ms)
         self._count(result)
         return result
@@ -320,6 +326,8 @@ class UsageStore:
                 result = MergeResult(rejected=[(exc.reason, exc.detail)])
                 self._count(result)
                 return result
+        delta = UsageDelta(delta.coop_id, delta.since, delta.through,
+                           [precheck(item, self.state) for item in delta.entries])  # type: ignore[misc]
         with self.batch():
             result = self.state.merge_delta(delta, now_ms=self.clock.now_ms(),
                                             retention_ms=self.retention_ms)

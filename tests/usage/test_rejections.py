@@ -206,3 +206,27 @@ def test_a_rejected_writer_is_not_vouched_for(make_store):
     res = r.merge_delta(d, now_ms=NOW, retention_ms=RETENTION_MS)
     assert [x for x, _ in res.rejected] == [Reason.BAD_SIGNATURE]
     assert r.version_vector("c").get(w.did, 0) == 0
+
+
+def test_a_stale_no_verify_hint_is_verified_under_the_lock():
+    from icn_p2p.usage.crdt import Checked, precheck
+
+    w, r = UsageState(KEYS[1]), UsageState(KEYS[2])
+    w.apply_local("c", "m", MONTH, cpu_ms=1)
+    good = w.delta_since("c", {})[0]
+    r.merge([good], now_ms=NOW, retention_ms=RETENTION_MS)
+    assert precheck(good, r).verified is False  # known: verification skipped before the lock
+    # the hint was made against a state that has since moved: check verifies after all
+    forged = SignedUsageEntry(UsageEntry("c", "m2", MONTH, KEYS[1].did, 5, cpu_ms=9), KEYS[1].did, good.sig)
+    res = r.merge([Checked(forged, None, verified=False)], now_ms=NOW, retention_ms=RETENTION_MS)
+    assert [x for x, _ in res.rejected] == [Reason.BAD_SIGNATURE]
+    res = r.merge([precheck({"bad": 1})], now_ms=NOW, retention_ms=RETENTION_MS)
+    assert [x for x, _ in res.rejected] == [Reason.BAD_SCHEMA]
+    assert precheck(precheck(good)).verified is True
+
+
+def test_store_merge_of_duplicates_skips_verification(pair, monkeypatch):
+    store, peer = pair
+    items = [s.to_wire() for s in peer.delta_since("c", {})]
+    monkeypatch.setattr(SignedUsageEntry, "verify", lambda self: pytest.fail("verified a duplicate"))
+    assert store.merge(items).unchanged == 1
