@@ -27,7 +27,6 @@ counters), so equal digests mean equal state whatever the watermarks say.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
