@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -215,6 +215,8 @@ class Gossip:
         self._any_handlers: list[Handler] = []
         self._decoded: OrderedDict[bytes, tuple[Envelope, ID]] = OrderedDict()
         self._logged: set[tuple[ID, str]] = set()
+        self.dropped: Counter[tuple[str, str]] = Counter()  # (topic label, reason), this node only
+        self.delivered: Counter[str] = Counter()  # topic label -> valid messages delivered
         self._subs: dict[str, trio.CancelScope] = {}
         self._publish_send, self._publish_recv = trio.open_memory_channel(s.publish_queue)
         self._ban_send, self._ban_recv = trio.open_memory_channel(1024)
@@ -300,6 +302,7 @@ class Gossip:
                     send.send_nowait(msg)
                 except trio.WouldBlock:
                     MESSAGES_DROPPED.labels(topic=label, reason=QUEUE_FULL).inc()
+                    self.dropped[(label, QUEUE_FULL)] += 1
                     log.warning("event=delivery_queue_full topic=%s", topic)
 
     async def _dispatch(self, topic: str, recv: trio.MemoryReceiveChannel) -> None:
@@ -317,6 +320,7 @@ class Gossip:
                 else:
                     env, source = cached
                 GOSSIP_MESSAGES_IN.labels(topic=label).inc()
+                self.delivered[label] += 1
                 delivery = Delivery(topic, env, msg.data, mid,
                                     None if source == self.host.peer_id else source)
                 for handler in [*self._handlers.get(env.type, ()), *self._any_handlers]:
@@ -358,6 +362,7 @@ class Gossip:
 
     def _record_drop(self, peer: ID, label: str, rej: Rejected, own: bool) -> None:
         MESSAGES_DROPPED.labels(topic=label, reason=rej.reason).inc()
+        self.dropped[(label, rej.reason)] += 1
         if own:
             log.error("event=own_message_refused topic=%s reason=%s detail=%s", label, rej.reason, rej.detail)
             return
