@@ -195,7 +195,10 @@ def hypercorn_config(host: str, port: int, *, access_log: bool = False) -> Confi
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     config.bind = [f"{bind_host}:{port}"]
     # hypercorn's own lines go to our logger, not straight to stderr.
-    config.errorlog = logging.getLogger("icn_p2p.api.hypercorn")
+    errorlog = logging.getLogger("icn_p2p.api.hypercorn")
+    if errorlog.level == logging.NOTSET:
+        errorlog.setLevel(logging.WARNING)  # its "Running on" line repeats our rpc_listening
+    config.errorlog = errorlog
     config.accesslog = None
     config.include_server_header = False
     config.graceful_timeout = 2.0

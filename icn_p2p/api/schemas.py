@@ -101,6 +101,9 @@ class PolicySetResult(Result):
     content_hash: str
     #: False when the same body was already the current version (nothing changed).
     changed: bool = True
+    #: "accepted" (the version is on the chain) or "pending" (a proposal waiting for approvals).
+    status: str = "accepted"
+    act_id: str | None = None
 
 
 class PolicyGetParams(Params):
@@ -156,8 +159,10 @@ class PolicyVersionInfo(Result):
     set_by: str | None = None
     set_at_ms: int | None = None
     governed: bool = False
-    #: "set", "rollback", "remove" or whatever the node records.
-    action: str = "set"
+    #: "active" when on the chain; otherwise why not (superseded, expired, ...).
+    status: str = "active"
+    reason: str = ""
+    approvers: int = 0
 
 
 class PolicyHistoryResult(Result):

@@ -35,6 +35,7 @@ app = typer.Typer(
     help="Run an icn-p2p node: a peer-to-peer compute node for cooperatives.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 
 
@@ -247,7 +248,7 @@ async def run_node(config: Any, token: str) -> None:
     from icn_p2p.api.http import ApiApp, serve
     from icn_p2p.api.jsonrpc import Dispatcher
     from icn_p2p.api.node_service import NodeBackedService
-    from icn_p2p.node import Node
+    from icn_p2p.node.node import Node
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
@@ -292,6 +293,10 @@ def run(
     except OSError as e:
         log.error("event=start_failed error=%r", str(e))
         _err(f"cannot start: {e.strerror or e}")
+        raise typer.Exit(EXIT_ERROR)
+    except Exception as e:  # logged with its traceback as one key=value line, then exit 1
+        log.exception("event=crashed error=%r", str(e))
+        _err(f"node stopped: {type(e).__name__}: {e}")
         raise typer.Exit(EXIT_ERROR)
     log.info("event=stopped")
 

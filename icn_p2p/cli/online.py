@@ -235,7 +235,9 @@ def policy_set(
     if as_json:
         emit_json(result)
         return
-    if result.get("changed", True):
+    if result.get("status") == "pending":
+        _print(f"proposal for {result['coop_id']} version {result['version']} stored, waiting for approvals")
+    elif result.get("changed", True):
         _print(f"policy for {result['coop_id']} set: version {result['version']} ({result['content_hash'][:12]})")
     else:
         _print(f"policy for {result['coop_id']} unchanged: already version {result['version']}")
@@ -304,11 +306,12 @@ def policy_history(
         return
     table = _table(f"policy history of {coop_id}", [
         ("version", "num"), ("set at (UTC)", "id"), ("set by", "id"), ("governed", "text"),
-        ("action", "text"), ("hash", "id"),
+        ("status", "text"), ("reason", "text"), ("hash", "id"),
     ])
     for v in result["versions"]:
         table.add_row(str(v["version"]), when(v.get("set_at_ms")), short(v.get("set_by")),
-                      "yes" if v.get("governed") else "no", v.get("action", "set"), v["content_hash"][:12])
+                      "yes" if v.get("governed") else "no", v.get("status", "active"), v.get("reason") or "",
+                      v["content_hash"][:12])
     table_console().print(table)
 
 
@@ -679,6 +682,10 @@ def mesh_watch(
             return
 
 
+def _coop_version(coop: str, versions: dict[str, int]) -> str:
+    return f"{coop} (v{versions[coop]})" if coop in versions else f"{coop} (no policy)"
+
+
 def node_info(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """The node's DID, peer id, listen addresses, coops and capabilities."""
     info = call(ctx, as_json, "node.info")
@@ -688,7 +695,7 @@ def node_info(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     rows = [
         ("did", info["did"]), ("peer id", info["peer_id"]), ("version", info["version"]),
         ("region", info.get("region") or "-"),
-        ("coops", ", ".join(f"{c} (v{info.get('policy_versions', {}).get(c, '?')})" for c in info.get("coops", []))
+        ("coops", ", ".join(_coop_version(c, info.get("policy_versions", {})) for c in info.get("coops", []))
          or "-"),
         ("capabilities", ", ".join(f"{k}={v}" for k, v in sorted(info.get("capabilities", {}).items())) or "-"),
         ("peers", str(info.get("peers", 0))), ("uptime", f"{info.get('uptime_s', 0):.0f} s"),

@@ -1,0 +1,293 @@
+"""``NodeService`` backed by a running ``icn_p2p.node.Node``.
+
+Only the Node's public surface is used: its stores (read and written through
+``node.blocking`` so SQLite never runs on the event loop), ``set_local_policy``
+and ``apply_and_publish_act`` for policy changes, and the mesh host for peers
+and addresses. What the Node does not offer yet is answered with
+``ServiceError("unavailable")`` rather than guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from icn_p2p import __version__
+from icn_p2p.core.policy import CoopSchedulingPolicy
+
+from . import schemas as s
+from .service import REASON_INVALID, REASON_NOT_FOUND, ServiceError, unavailable
+
+log = logging.getLogger(__name__)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class NodeBackedService:
+    """The API's view of one running Node."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self._started = time.monotonic()
+
+    # --- helpers ----------------------------------------------------------------------
+
+    @property
+    def _policies(self) -> Any:
+        store = self.node.policy_store
+        if store is None:
+            raise ServiceError("unavailable", "the node's policy store is not open yet")
+        return store
+
+    @property
+    def _usage(self) -> Any:
+        store = self.node.usage_store
+        if store is None:
+            raise ServiceError("unavailable", "the node's usage store is not open yet")
+        return store
+
+    async def _blocking(self, fn: Any, *args: Any) -> Any:
+        return await self.node.blocking(fn, *args)
+
+    @staticmethod
+    def _record(v: Any) -> s.PolicyRecord:
+        return s.PolicyRecord(
+            coop_id=v.coop_id, version=v.version, content_hash=v.policy_hash, policy=v.policy,
+            set_by=v.proposer, set_at_ms=v.created_at_ms, governed=v.mode == "governed",
+        )
+
+    async def _current(self, coop_id: str) -> Any:
+        version = await self._blocking(self._policies.current, coop_id, _now_ms())
+        if version is None:
+            raise ServiceError(REASON_NOT_FOUND, f"no policy for coop {coop_id!r}", {"coop_id": coop_id})
+        return version
+
+    # --- policy -----------------------------------------------------------------------
+
+    async def policy_set(self, p: s.PolicySetParams) -> s.PolicySetResult:
+        if p.policy is not None:
+            coop = p.policy.coop_id
+            head = (await self._blocking(self.node.policy_heads)).get(coop)
+            body_hash = p.policy.content_hash()
+            if head is not None and head.policy_hash == body_hash:
+                return s.PolicySetResult(coop_id=coop, version=head.version, content_hash=body_hash,
+                                         changed=False, act_id=head.act_id)
+            result = await self.node.set_local_policy(p.policy, reason=p.reason)
+        else:
+            act = _act_from_json(p.act or {})
+            coop = act.proposal.coop_id
+            if p.coop_id is not None and p.coop_id != coop:
+                raise ServiceError(REASON_INVALID, f"coop_id {p.coop_id!r} does not match the act's {coop!r}")
+            result = await self.node.apply_and_publish_act(act)
+        if not result.accepted and result.reason != "pending":
+            raise ServiceError(
+                str(result.reason), result.detail or f"policy update refused: {result.reason}",
+                {"act_id": result.act_id, "notes": list(result.notes), "head_version": result.head_version},
+            )
+        body = p.policy if p.policy is not None else CoopSchedulingPolicy.model_validate(act.proposal.policy)
+        log.info("event=policy_set coop=%s version=%s status=%s", coop, result.version, result.reason)
+        return s.PolicySetResult(
+            coop_id=coop, version=result.version or 0,
+            content_hash=body.content_hash(),
+            status="pending" if result.reason == "pending" else "accepted", act_id=result.act_id,
+        )
+
+    async def policy_get(self, p: s.PolicyGetParams) -> s.PolicyRecord:
+        if p.version is None:
+            return self._record(await self._current(p.coop_id))
+        version = await self._blocking(self._policies.get, p.coop_id, p.version)
+        if version is None:
+            raise ServiceError(REASON_NOT_FOUND, f"coop {p.coop_id!r} has no version {p.version}",
+                               {"coop_id": p.coop_id, "version": p.version})
+        return self._record(version)
+
+    async def policy_list(self, p: s.NoParams) -> s.PolicyListResult:
+        store = self._policies
+        now = _now_ms()
+
+        def collect() -> list[s.PolicySummary]:
+            out = []
+            for coop in store.coops():
+                v = store.current(coop, now)
+                if v is not None:
+                    out.append(s.policy_summary(coop, v.version, v.policy))
+            return out
+
+        return s.PolicyListResult(policies=await self._blocking(collect))
+
+    async def policy_remove(self, p: s.PolicyRemoveParams) -> s.PolicyRemoveResult:
+        from icn_p2p.policy.governance import GovernanceError
+
+        try:
+            removed = await self._blocking(self._policies.remove, p.coop_id)
+        except GovernanceError as e:
+            raise ServiceError(e.reason, str(e), {"coop_id": p.coop_id}) from None
+        return s.PolicyRemoveResult(coop_id=p.coop_id, removed=bool(removed))
+
+    async def policy_history(self, p: s.PolicyHistoryParams) -> s.PolicyHistoryResult:
+        versions = await self._blocking(self._policies.history, p.coop_id)
+        if not versions:
+            raise ServiceError(REASON_NOT_FOUND, f"no policy history for coop {p.coop_id!r}", {"coop_id": p.coop_id})
+        return s.PolicyHistoryResult(coop_id=p.coop_id, versions=[
+            s.PolicyVersionInfo(
+                version=v.version, content_hash=v.policy_hash, set_by=v.proposer, set_at_ms=v.created_at_ms,
+                governed=v.mode == "governed", status=v.status, reason=v.reason, approvers=len(v.approvers),
+            )
+            for v in versions[-p.limit:]
+        ])
+
+    async def policy_check(self, p: s.PolicyCheckParams) -> s.PolicyCheckResult:
+        from icn_p2p.core.task import ComputeTask
+        from icn_p2p.policy.admission import evaluate
+
+        at = p.at_ms if p.at_ms is not None else _now_ms()
+        version = None
+        policy = p.policy
+        if policy is None:
+            version = await self._current(p.coop_id)
+            policy = version.policy
+        task = ComputeTask(id="what-if", coop_id=p.coop_id, submitter=p.member, priority=p.priority,
+                           scope=p.scope, tags=list(p.tags), fuel_limit=p.fuel_limit)
+        usage = await self._blocking(self._usage.member_usage, p.coop_id, p.member, at)
+        decision = evaluate(policy, task, p.member, usage, at)
+        return s.PolicyCheckResult(decision=decision, usage=usage,
+                                   policy_version=version.version if version is not None else None)
+
+    # --- quota ------------------------------------------------------------------------
+
+    async def _quota(self, coop_id: str) -> Any:
+        version = await self._blocking(self._policies.current, coop_id, _now_ms())
+        return version.policy if version is not None else None
+
+    async def quota_usage(self, p: s.QuotaUsageParams) -> s.QuotaUsageResult:
+        at = _month_ms(p.month)
+        usage = await self._blocking(self._usage.member_usage, p.coop_id, p.member, at)
+        policy = await self._quota(p.coop_id)
+        return s.QuotaUsageResult(usage=usage, quota=policy.quota_for(p.member) if policy else None)
+
+    async def quota_list(self, p: s.QuotaListParams) -> s.QuotaListResult:
+        from icn_p2p.core.clock import month_key
+
+        at = _month_ms(p.month)
+        store = self._usage
+
+        def collect() -> list[Any]:
+            return [store.member_usage(p.coop_id, m, at) for m in sorted(store.members(p.coop_id, at))]
+
+        usages = await self._blocking(collect)
+        policy = await self._quota(p.coop_id)
+        return s.QuotaListResult(coop_id=p.coop_id, month=month_key(at), members=[
+            s.QuotaUsageResult(usage=u, quota=policy.quota_for(u.member) if policy else None) for u in usages
+        ])
+
+    # --- compute (the task lifecycle is not wired into the Node yet) -------------------
+
+    async def compute_submit(self, p: s.ComputeSubmitParams) -> s.ComputeSubmitResult:
+        raise unavailable("compute")
+
+    async def compute_status(self, p: s.TaskIdParams) -> s.TaskStatus:
+        raise unavailable("compute")
+
+    async def compute_cancel(self, p: s.ComputeCancelParams) -> s.ComputeCancelResult:
+        raise unavailable("compute")
+
+    async def compute_list(self, p: s.ComputeListParams) -> s.ComputeListResult:
+        raise unavailable("compute")
+
+    async def compute_explain(self, p: s.TaskIdParams) -> s.ComputeExplainResult:
+        raise unavailable("compute")
+
+    # --- mesh and node ----------------------------------------------------------------
+
+    def _peer_ids(self) -> list[Any]:
+        return sorted(self.node.host.connected_peers(), key=lambda pid: pid.to_base58())
+
+    async def mesh_peers(self, p: s.NoParams) -> s.MeshPeersResult:
+        host = self.node.host
+        peerstore = host.libp2p.get_peerstore()
+        peers = []
+        for pid in self._peer_ids():
+            b58 = pid.to_base58()
+            try:
+                addrs = [str(a) for a in peerstore.addrs(pid)]
+            except Exception:  # a peer the store has no address for (inbound only)
+                addrs = []
+            try:
+                did = host.did_for_peer(pid)
+            except Exception:
+                did = None
+            peers.append(s.PeerInfo(
+                peer_id=b58, did=did,
+                addrs=[a if "/p2p/" in a else f"{a}/p2p/{b58}" for a in addrs],
+                rtt_ms=host.rtt_ms(pid),
+            ))
+        return s.MeshPeersResult(peers=peers)
+
+    async def node_info(self, p: s.NoParams | None) -> s.NodeInfo:
+        config = self.node.config
+        heads = await self._blocking(self.node.policy_heads)
+        return s.NodeInfo(
+            did=self.node.did,
+            peer_id=self.node.peer_id.to_base58(),
+            listen_addrs=self.node.listen_addrs(),
+            version=__version__,
+            coops=sorted(set(config.coops) | set(heads)),
+            region=config.region,
+            capabilities=dict(config.capabilities),
+            peers=len(self._peer_ids()),
+            uptime_s=round(time.monotonic() - self._started, 3),
+            policy_versions={c: h.version for c, h in heads.items()},
+        )
+
+    async def health(self) -> s.Health:
+        ok = self.node.started.is_set() and self.node.policy_store is not None and self.node.host.running
+        return s.Health(ok=ok, did=self.node.did, peers=len(self._peer_ids()))
+
+
+def _month_ms(month: str | None) -> int:
+    if month is None:
+        return _now_ms()
+    from icn_p2p.core.clock import month_start_ms
+
+    return month_start_ms(month)
+
+
+def _unhex_signature(obj: Any, where: str) -> Any:
+    if not isinstance(obj, dict) or "signature" not in obj:
+        return obj
+    sig = obj["signature"]
+    if isinstance(sig, str):
+        try:
+            sig = bytes.fromhex(sig)
+        except ValueError:
+            raise ServiceError("malformed", f"{where}.signature must be hex") from None
+    return {**obj, "signature": sig}
+
+
+def _act_from_json(act: dict[str, Any]) -> Any:
+    """A ``PolicyAct`` from its JSON form: the wire dict with every ``signature`` as hex."""
+    from icn_p2p.policy.governance import GovernanceError, PolicyAct
+
+    wire = dict(act)
+    wire["proposal"] = _unhex_signature(act.get("proposal"), "act.proposal")
+    approvals = act.get("approvals", [])
+    if isinstance(approvals, list):
+        wire["approvals"] = [_unhex_signature(a, f"act.approvals.{i}") for i, a in enumerate(approvals)]
+    try:
+        return PolicyAct.from_wire(wire)
+    except GovernanceError as e:
+        raise ServiceError(e.reason, f"the act cannot be used: {e.detail or e.reason}") from None
+
+
+def act_to_json(act: Any) -> dict[str, Any]:
+    """The JSON form of a ``PolicyAct`` that ``policy.set`` takes (signatures as hex)."""
+    wire = act.to_wire()
+
+    def hexed(obj: dict[str, Any]) -> dict[str, Any]:
+        sig = obj.get("signature")
+        return {**obj, "signature": sig.hex()} if isinstance(sig, bytes) else obj
+
+    return {**wire, "proposal": hexed(wire["proposal"]), "approvals": [hexed(a) for a in wire["approvals"]]}
