@@ -95,6 +95,12 @@ roles = ["executor", "submitter"]
 # Cooperatives this node serves: it carries their policy and usage topics.
 coops = {_toml_list(coops)}
 
+# Governance: pin each domain's genesis id (refuse look-alike domains) and name the
+# domain that governs each coop. Without them a coop is a development sandbox set by
+# a node's own key.
+# pinned_domains = {{ "healthcare:board" = "<genesis id, 64 hex>" }}
+# coop_domains = {{ "healthcare-coop" = "healthcare:board" }}
+
 # JSON-RPC and /metrics server. Keep the host on 127.0.0.1 unless a proxy guards it:
 # reads are open, writes need the bearer token in `{TOKEN_FILE_NAME}`.
 rpc_host = "{DEFAULT_RPC_HOST}"
@@ -105,6 +111,13 @@ rpc_port = {rpc_port}
 min_trust = 0.0
 default_trust = 0.5
 # peers = {{ "did:key:z6Mk..." = 0.9 }}
+
+# Network tuning (defaults suit 3-100 nodes); uncomment to change.
+# [mesh]
+# max_connections = 64
+# heartbeat_s = 0.3
+# sync_interval_s = 3.0
+# max_message_bytes = 262144
 """
 
 
@@ -262,6 +275,13 @@ async def run_node(config: Any, token: str) -> None:
                  ",".join(info.listen_addrs))
 
 
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups from trio nurseries."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 @app.command("run")
 def run(
     config_path: Annotated[Path, typer.Option("--config", help="The node's config file.")] = Path(CONFIG_FILE_NAME),
@@ -290,13 +310,15 @@ def run(
         trio.run(run_node, config, token)
     except KeyboardInterrupt:  # pragma: no cover - the signal receiver normally wins
         pass
-    except OSError as e:
-        log.error("event=start_failed error=%r", str(e))
-        _err(f"cannot start: {e.strerror or e}")
-        raise typer.Exit(EXIT_ERROR)
-    except Exception as e:  # logged with its traceback as one key=value line, then exit 1
-        log.exception("event=crashed error=%r", str(e))
-        _err(f"node stopped: {type(e).__name__}: {e}")
+    except Exception as e:
+        leaf = _leaf(e)
+        if isinstance(leaf, OSError):  # a port in use, a directory we cannot write: say which
+            log.error("event=start_failed error=%r", str(leaf))
+            _err(f"cannot start: {leaf.strerror or leaf} (rpc {config.rpc_host}:{config.rpc_port}, "
+                 f"listen {', '.join(config.listen)})")
+        else:  # logged with its traceback as one key=value line, then exit 1
+            log.exception("event=crashed error=%r", str(leaf))
+            _err(f"node stopped: {type(leaf).__name__}: {leaf}")
         raise typer.Exit(EXIT_ERROR)
     log.info("event=stopped")
 

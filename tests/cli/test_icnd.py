@@ -120,3 +120,12 @@ def test_read_token_refuses_open_or_empty_files(tmp_path):
 def test_run_refuses_a_bad_log_level(tmp_path):
     r = invoke("run", "--config", tmp_path / "x.toml", "--log-level", "loud")
     assert r.exit_code == 2
+
+
+@pytest.mark.parametrize("name", ["node.toml", "node-dev.toml"])
+def test_example_configs_load(name):
+    config_mod = pytest.importorskip("icn_p2p.node.config")
+    path = Path(__file__).parents[2] / "configs" / name
+    config = config_mod.NodeConfig.from_toml(path)
+    assert config.rpc_host == "127.0.0.1" and config.key_file.name == "node.key"
+    assert config.coops

@@ -78,3 +78,71 @@ def test_icnd_run_serves_icnctl_and_stops_on_signal(tmp_path, stop_signal):
     assert "Traceback" not in text
     for line in text.splitlines():
         assert re.match(r"^ts=\S+ level=\w+ logger=\S+ ", line), line
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_icnd_run_in_process_until_sigint(tmp_path):
+    """The same path in this process (so coverage sees it): ready, serve, SIGINT, stores closed."""
+    import logging
+    import threading
+
+    import httpx
+
+    port = _free_port()
+    home = tmp_path / "n1"
+    r = CliRunner().invoke(icnd, ["init", str(home), "--rpc-port", str(port), "--p2p-port", "0",
+                                  "--p2p-host", "127.0.0.1"])
+    assert r.exit_code == 0
+    seen: dict = {}
+
+    def poke() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                seen["health"] = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).json()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    threading.Thread(target=poke, daemon=True).start()
+    try:
+        result = CliRunner().invoke(icnd, ["run", "--config", str(home / "node.toml"), "--log-level", "debug"])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert result.exit_code == 0, result.stderr
+    assert seen["health"]["ok"] is True and seen["health"]["did"].startswith("did:key:")
+    assert "event=node_ready" in result.stderr and "event=stopped" in result.stderr
+
+
+def test_icnd_run_reports_a_busy_port(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        home = tmp_path / "n1"
+        assert CliRunner().invoke(icnd, ["init", str(home), "--rpc-port", str(port), "--p2p-port", "0",
+                                         "--p2p-host", "127.0.0.1"]).exit_code == 0
+        import logging
+
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        try:
+            result = CliRunner().invoke(icnd, ["run", "--config", str(home / "node.toml")])
+        finally:
+            root.handlers[:] = handlers
+            root.setLevel(level)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
