@@ -67,6 +67,27 @@ class MeshSettings(BaseModel):
         return self
 
 
+class ComputeSettings(BaseModel):
+    """How this node submits and executes tasks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = Field(default=2, ge=1, le=256)
+    max_queued: int = Field(default=1000, ge=1)
+    memory_limit_mb: int = Field(default=64, ge=1, le=4096)
+    wall_ms: int = Field(default=10_000, ge=10, le=3_600_000)
+    want_offers: int = Field(default=3, ge=1, le=100)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    default_deadline_ms: int = Field(default=60_000, ge=100)
+    reannounce_ms: int = Field(default=500, ge=10)
+    reannounce_max_ms: int = Field(default=5_000, ge=10)
+    result_grace_ms: int = Field(default=2_000, ge=0)
+    fuel_per_credit: int = Field(default=1_000_000, ge=1)
+    cpu_cores: float = Field(default=2.0, gt=0)
+    memory_mb: int = Field(default=2048, gt=0)
+    blobs: list[str] = Field(default_factory=list)
+
+
 class NodeConfig(BaseSettings):
     """Everything one node needs to start."""
 
@@ -87,6 +108,7 @@ class NodeConfig(BaseSettings):
     coop_domains: dict[str, str] = Field(default_factory=dict)  # coop id -> governing domain
     offer_window_ms: int = Field(default=200, ge=0, le=60_000)
     mesh: MeshSettings = Field(default_factory=MeshSettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
 
     @field_validator("listen", "bootstrap")
     @classmethod
@@ -174,7 +196,7 @@ def _to_toml(data: dict[str, Any]) -> str:
     for k, v in data.items():
         if v is None:
             continue
-        if isinstance(v, dict) and k in ("trust", "mesh"):
+        if isinstance(v, dict) and k in ("trust", "mesh", "compute"):
             tables.append((k, v))
         else:
             lines.append(f"{k} = {_toml_value(v)}")

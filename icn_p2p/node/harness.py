@@ -153,10 +153,16 @@ async def start_nodes(
     seed: int = 0,
     coops: list[str] | None = None,
     wait_mesh: bool = True,
+    per_node: list[dict[str, Any]] | None = None,
     **config: Any,
 ) -> AsyncIterator[Cluster]:
-    """Start ``n`` nodes in this process, linked in ``topology``; stop them all on exit."""
-    configs = [node_config(base, i, coops=list(coops or []), **dict(config)) for i in range(n)]
+    """Start ``n`` nodes in this process, linked in ``topology``; stop them all on exit.
+
+    ``config`` applies to every node; ``per_node[i]`` adds to or overrides it for node i.
+    """
+    per_node = per_node or [{} for _ in range(n)]
+    configs = [node_config(base, i, coops=list(coops or []), **{**dict(config), **per_node[i]})
+               for i in range(n)]
     edges = topology_edges(n, topology, degree=degree, seed=seed)
     async with trio.open_nursery() as nursery:
         cluster = Cluster([Node(c) for c in configs], edges, nursery)

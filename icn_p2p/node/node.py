@@ -28,6 +28,7 @@ from icn_p2p.net.host import HostSettings, MeshHost
 from icn_p2p.net.penalties import PenaltySettings
 from icn_p2p.net.sync import Sync, SyncSettings
 from icn_p2p.net.validation import EnvelopeValidator, MessageTypes, SchemaHook
+from icn_p2p.node.compute import ComputeService
 from icn_p2p.node.config import NodeConfig
 from icn_p2p.node.sources import (
     POLICY_ACT,
@@ -87,6 +88,7 @@ class Node:
                          limiter=self.db_limiter, on_invalid=self.gossip.penalize)
         self.gossip.handle(POLICY_ACT, self._on_policy_act)
         self.gossip.handle(USAGE_ENTRY, self._on_usage_entry)
+        self.compute = ComputeService(self, config.compute)
         self._nursery: trio.Nursery | None = None
         self._cm = None
         self._stopped = trio.Event()
@@ -138,9 +140,10 @@ class Node:
         self.policy_store = PolicyStore(data / "policy.db", pinned=self.config.pinned_domains,
                                         coop_domains=self.config.coop_domains, local_did=self.did)
         self.usage_store = UsageStore(data / "usage.db", self.key)
+        self.compute.open_stores(data)
 
     def _close_stores(self) -> None:
-        for closer in (self._flush_floors, getattr(self.policy_store, "close", None),
+        for closer in (self._flush_floors, self.compute.close_stores, getattr(self.policy_store, "close", None),
                        getattr(self.usage_store, "close", None), getattr(self.floor_store, "close", None)):
             if closer is None:
                 continue
@@ -169,6 +172,7 @@ class Node:
                 await nursery.start(self.gossip.run)
                 await nursery.start(self.sync.run)
                 await nursery.start(self.host.run)
+                await nursery.start(self.compute.run)
                 nursery.start_soon(self._maintenance)
                 log.info("event=node_started did=%s addrs=%s coops=%s", self.did,
                          self.listen_addrs(), self.config.coops)

@@ -1,0 +1,867 @@
+"""Tasks across the mesh: admission, announcement, offers, placement, execution, settlement.
+
+Submitter side (the node a member submits on):
+
+1. **Admission** with the coop's current policy and the merged usage view.
+   A rejection is final and carries every violation back to the submitter.
+   Admission takes a concurrency slot for the member (``task_claimed``) and,
+   for Commons-scoped tasks, a durable credit reservation.
+2. **Announcement** on ``icn/compute/1`` (gossip) with the adjusted priority,
+   the placement constraints and the pinned policy hash.
+3. **Offers** arrive on direct streams (``/icn/task/1``): one hop, no gossip
+   fan-out, nobody else needs them. The offer window closes when enough
+   feasible offers arrived or after ``offer_window_ms``.
+4. **Placement** ranks the offers (RTT from our own pings, trust from config
+   blended with each executor's observed record) and keeps the breakdown.
+5. **Claim**: the module travels only to the winner, on a direct stream that
+   stays open until the result. A refused claim falls through to the next
+   ranked executor; an executor that vanishes or misses its deadline is
+   excluded and the task is placed again (at most ``max_attempts`` times).
+   With no feasible executor the task waits (re-announced with backoff) until
+   its deadline and says what it waits for.
+6. **Settlement**: a verified receipt completes the task; the credit
+   reservation is settled from the receipt's fuel and the spend recorded in
+   the usage CRDT; the concurrency slot is released at any final state.
+
+Executor side: announcements that pass our constraints get an offer; a claim
+is accepted once per task, run in the WebAssembly sandbox, and answered with
+the result and a signed receipt. The executor records the execution in its
+own usage entry (CPU, fuel, tasks) and the credits it earned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+from pydantic import ValidationError
+
+from icn_p2p import metrics
+from icn_p2p.core.decision import PlacementConstraints
+from icn_p2p.core.enums import ScopeLevel, TaskPriority
+from icn_p2p.core.receipt import Outcome, Receipt
+from icn_p2p.core.task import Capacity, ComputeTask, ExecutorInfo
+from icn_p2p.executor import ExecutionRequest, Executor, ExecutorQueue, verify_receipt
+from icn_p2p.executor.queue import QueueFull
+from icn_p2p.net.direct import Conversation, ConversationError, DirectChannel
+from icn_p2p.net.gossip import TOPIC_COMPUTE, Delivery, usage_topic
+from icn_p2p.policy.admission import evaluate, explain, record_decision_metrics
+from icn_p2p.policy.filtering import check_executor
+from icn_p2p.scheduler import (
+    CreditLedger,
+    CreditRate,
+    InsufficientCredits,
+    Offer,
+    OfferWindow,
+    PlacementDecision,
+    TrustBook,
+    actual_cost,
+    estimate_cost,
+    feasibility_check,
+    place,
+)
+from icn_p2p.usage.tracker import UsageTracker
+
+from .config import ComputeSettings
+from .lifecycle import TaskRecord, TaskState
+from .sources import USAGE_ENTRY
+from .task_store import TaskStore
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger(__name__)
+
+ANNOUNCE = "compute.announce"
+OFFER = "compute.offer"
+CLAIM = "compute.claim"
+ACCEPT = "compute.accept"
+REFUSE = "compute.refuse"
+RESULT = "compute.result"
+CANCEL = "compute.cancel"
+
+TASKS_BY_STATE = metrics.Counter(
+    "icn_tasks_transitions", "Task lifecycle transitions on this node, by state entered",
+    ["state"], registry=metrics.REGISTRY,
+)
+PLACEMENT_SECONDS = metrics.Histogram(
+    "icn_placement_seconds", "From announcement to a placement decision",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=metrics.REGISTRY,
+)
+TASK_LATENCY_SECONDS = metrics.Histogram(
+    "icn_task_latency_seconds", "From submission to a final state, by outcome",
+    ["state"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=metrics.REGISTRY,
+)
+OFFERS = metrics.Counter(
+    "icn_offers", "Offers made (executor side) and received (submitter side)",
+    ["direction"], registry=metrics.REGISTRY,
+)
+CLAIMS = metrics.Counter(
+    "icn_claims", "Claims handled on the executor side, by outcome", ["outcome"], registry=metrics.REGISTRY,
+)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SubmitError(Exception):
+    """A submission that cannot be taken at all (not a policy rejection)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class _Pending:
+    """A task this node submitted and is still placing or running."""
+
+    task: ComputeTask
+    module: bytes
+    constraints: PlacementConstraints
+    adjusted: TaskPriority
+    deadline_ms: int
+    submitted_at: float
+    offers_send: trio.MemorySendChannel | None = None
+    window: OfferWindow | None = None
+    cancel: trio.CancelScope | None = None
+    cancelled: bool = False
+    executor_peer: Any = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
+class _Running:
+    """A task this node accepted to execute."""
+
+    submitter: str
+    handle: Any = None
+    cancelled: bool = False
+
+
+def module_hash(module: bytes) -> str:
+    return hashlib.sha256(module).hexdigest()
+
+
+def _announce_schema(env, topic: str):
+    p = env.payload
+    if not isinstance(p, dict) or not isinstance(p.get("task"), dict):
+        return "bad_schema"
+    if not isinstance(p.get("submitter_node"), str) or p["submitter_node"] != env.signer:
+        return "bad_schema"
+    return None
+
+
+class ComputeService:
+    """Both sides of the task protocol for one node (see the module docstring)."""
+
+    def __init__(self, node: "Node", settings: ComputeSettings | None = None) -> None:
+        self.node = node
+        self.settings = settings or ComputeSettings()
+        self.roles = set(node.config.roles)
+        self.trust = TrustBook(configured=dict(node.config.trust.peers))
+        self.rate = CreditRate(fuel_per_credit=self.settings.fuel_per_credit)
+        self.queue = ExecutorQueue(self.settings.concurrency, max_queued=self.settings.max_queued)
+        self.executor = Executor(node.key, self.queue,
+                                 memory_limit_bytes=self.settings.memory_limit_mb * 1024 * 1024,
+                                 wall_ms=self.settings.wall_ms)
+        self.tracker: UsageTracker | None = None
+        self.tasks: TaskStore | None = None
+        self.credits: CreditLedger | None = None
+        self.direct = DirectChannel(node.host, node.sealer)
+        self._pending: dict[str, _Pending] = {}
+        self._running: dict[str, _Running] = {}
+        self._published: dict[str, int] = {}
+        self._records: dict[str, TaskRecord] = {}
+        self._decisions: dict[str, PlacementDecision] = {}
+        self.events: list[dict[str, Any]] = []
+        self._nursery: trio.Nursery | None = None
+        node.register_type(ANNOUNCE, TOPIC_COMPUTE, _announce_schema)
+        node.handle(ANNOUNCE, self._on_announce)
+        self.direct.handle(OFFER, self._on_offer)
+        self.direct.handle(CLAIM, self._on_claim)
+        self.direct.handle(CANCEL, self._on_cancel)
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def open_stores(self, data_dir) -> None:
+        """Blocking: open the task and credit stores (called in a worker thread)."""
+        self.tracker = UsageTracker(self.node.usage_store)
+        self.tasks = TaskStore(data_dir / "tasks.db")
+        self.credits = CreditLedger(data_dir / "credits.db")
+
+    def close_stores(self) -> None:
+        for store in (self.tasks, self.credits):
+            if store is not None:
+                try:
+                    store.close()
+                except Exception as exc:  # pragma: no cover - best effort at shutdown
+                    log.warning("event=compute_store_close_failed error=%r", exc)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        await self.node.subscribe(TOPIC_COMPUTE)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self.queue.run)
+            await self._resume_unfinished()
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _resume_unfinished(self) -> None:
+        """After a restart: tasks that were in flight end as failed (their module is gone)."""
+        records = await self.node.blocking(self.tasks.unfinished)
+        for record in records:
+            log.info("event=task_abandoned_at_restart task=%s state=%s", record.task_id, record.state)
+            await self._finish(record, TaskState.FAILED, "node restarted while the task was in flight")
+
+    # --- info ------------------------------------------------------------------------
+
+    def executor_info(self) -> ExecutorInfo:
+        cfg = self.node.config
+        depth = self.queue.queue_depth
+        running = self.queue.running
+        conc = self.queue.concurrency
+        free = max(0.0, 1.0 - running / conc)
+        return ExecutorInfo(
+            did=self.node.did, region=cfg.region, capabilities=dict(cfg.capabilities),
+            trust=cfg.trust.default_trust,
+            capacity=Capacity(cpu_free=free, memory_free=free, cpu_cores=self.settings.cpu_cores,
+                              memory_mb=self.settings.memory_mb),
+            queue_depth=depth, blobs=list(self.settings.blobs),
+        )
+
+    # --- submitter side ----------------------------------------------------------------
+
+    async def submit(self, task: ComputeTask, module: bytes, *, at_ms: int | None = None) -> TaskRecord:
+        """Admit (or reject) ``task`` and start placing it; returns the record."""
+        if "submitter" not in self.roles:
+            raise SubmitError("not_a_submitter", "this node does not take submissions (roles)")
+        now = at_ms if at_ms is not None else now_ms()
+        if task.module_hash is not None and task.module_hash != module_hash(module):
+            raise SubmitError("module_hash_mismatch", "module_hash does not match the module bytes")
+        if task.module_hash is None:
+            task = task.model_copy(update={"module_hash": module_hash(module)})
+        if task.coop_id not in self.node.config.coops:
+            raise SubmitError("coop_not_served", f"this node does not serve coop {task.coop_id}")
+        existing = self._records.get(task.id) or await self.node.blocking(self.tasks.get, task.id)
+        if existing is not None:
+            raise SubmitError("duplicate_task", f"task {task.id} was already submitted")
+
+        version = await self.node.blocking(self.node.policy_store.current, task.coop_id, now)
+        if version is None:
+            raise SubmitError("no_policy", f"coop {task.coop_id} has no policy on this node")
+        usage = await self.node.blocking(self.tracker.get_usage, task.coop_id, task.submitter, now)
+        started = time.perf_counter()
+        decision = evaluate(version.policy, task, task.submitter, usage, now)
+        record_decision_metrics(decision, time.perf_counter() - started)
+        record = TaskRecord(
+            task_id=task.id, coop_id=task.coop_id, submitter=task.submitter, state=TaskState.SUBMITTED,
+            task=task.model_dump(mode="json"), policy_hash=version.policy_hash,
+            policy_version=version.version, adjusted_priority=decision.adjusted_priority.value,
+            decision=decision.model_dump(mode="json"), created_at_ms=now, updated_at_ms=now,
+        )
+        if not decision.allowed:
+            record = record.moved(TaskState.REJECTED, now, reason=explain(decision))
+            await self._save(record)
+            self._emit("TaskRejected", task_id=task.id, submitter=task.submitter, coop=task.coop_id,
+                       reason=record.reason, violations=[v.model_dump(mode="json") for v in decision.violations])
+            log.warning("event=task_rejected task=%s coop=%s member=%s reason=%r",
+                        task.id, task.coop_id, task.submitter, record.reason)
+            return record
+        if decision.violations:
+            self._emit("PolicyViolationAdmitted", task_id=task.id, coop=task.coop_id,
+                       mode=decision.enforcement_mode.value,
+                       violations=[v.model_dump(mode="json") for v in decision.violations])
+
+        if task.scope == ScopeLevel.COMMONS:
+            cost = estimate_cost(task, self.rate)
+            balance = await self.node.blocking(self._credit_balance, task.coop_id, task.submitter)
+            try:
+                await self.node.blocking(lambda: self.credits.reserve(
+                    task.coop_id, task.submitter, task.id, cost, balance, now_ms=now))
+            except InsufficientCredits as exc:
+                record = record.moved(TaskState.REJECTED, now, reason=str(exc),
+                                      detail={"reason": "insufficient_credits", "balance": balance,
+                                              "required": cost})
+                await self._save(record)
+                self._emit("TaskRejected", task_id=task.id, submitter=task.submitter, coop=task.coop_id,
+                           reason=record.reason, violations=[{"rule": "commons.credits", "reason": str(exc)}])
+                return record
+
+        await self.node.blocking(self.tracker.task_claimed, task.coop_id, task.submitter, task.id, now)
+        await self._publish_own_usage(task.coop_id)
+        record = record.moved(TaskState.ADMITTED, now, reason=None,
+                              detail={"adjusted_priority": decision.adjusted_priority.value})
+        await self._save(record)
+        deadline = task.deadline_ms or (now + self.settings.default_deadline_ms)
+        pending = _Pending(task=task, module=module, constraints=decision.constraints,
+                           adjusted=decision.adjusted_priority, deadline_ms=deadline,
+                           submitted_at=time.perf_counter())
+        self._pending[task.id] = pending
+        self._nursery.start_soon(self._drive, pending)
+        return record
+
+    def _credit_balance(self, coop_id: str, member: str) -> int:
+        """Commons credits earned minus spent over the retained months, merged across nodes."""
+        earned = spent = 0
+        for entry in self.node.usage_store.entries(coop_id):
+            if entry.member == member:
+                earned += entry.credits_earned
+                spent += entry.credits_spent
+        return earned - spent
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord | None:
+        pending = self._pending.get(task_id)
+        if pending is not None:
+            with trio.move_on_after(timeout if timeout is not None else float("inf")):
+                await pending.done.wait()
+        return await self.status(task_id)
+
+    async def status(self, task_id: str) -> TaskRecord | None:
+        record = self._records.get(task_id)
+        if record is None:
+            record = await self.node.blocking(self.tasks.get, task_id)
+        return record
+
+    async def list(self, *, coop_id: str | None = None, state: TaskState | None = None,
+                   limit: int = 100) -> list[TaskRecord]:
+        return await self.node.blocking(lambda: self.tasks.list(coop_id=coop_id, state=state, limit=limit))
+
+    async def cancel(self, task_id: str, *, reason: str = "cancelled by the submitter") -> TaskRecord | None:
+        pending = self._pending.get(task_id)
+        record = await self.status(task_id)
+        if record is None or record.state.final:
+            return record
+        if pending is not None:
+            pending.cancelled = True
+            running = self._running.get(task_id)
+            if running is not None and running.handle is not None and hasattr(running.handle, "cancel"):
+                running.handle.cancel()
+            if pending.executor_peer is not None:
+                self._nursery.start_soon(self._send_cancel, pending.executor_peer, task_id)
+            if pending.cancel is not None:
+                pending.cancel.cancel()
+            await pending.done.wait()
+            return await self.status(task_id)
+        await self._finish(record, TaskState.CANCELLED, reason)
+        return await self.status(task_id)
+
+    def explain(self, task_id: str, executor: str | None = None) -> dict[str, Any] | None:
+        decision = self._decisions.get(task_id)
+        if decision is None:
+            record = self._records.get(task_id)
+            if record is None or record.placement is None:
+                return None
+            decision = PlacementDecision.model_validate(record.placement)
+        out = {"task_id": task_id, "winner": decision.winner, "waiting_for": decision.waiting_for,
+               "offers": [self._offer_view(r) for r in decision.results]}
+        if executor is not None:
+            out["explanation"] = decision.explain(executor)
+        elif decision.winner is not None:
+            out["explanation"] = decision.explain(decision.winner)
+        return out
+
+    @staticmethod
+    def _offer_view(r) -> dict[str, Any]:
+        return {
+            "executor": r.did, "feasible": r.feasible, "score": r.score, "rank": r.rank,
+            "excluded_by": None if r.excluded_by is None else
+            {"filter": r.excluded_by.filter, "reason": r.excluded_by.reason},
+            "breakdown": {name: {"value": c.value, "weight": c.weight, "inputs": c.inputs}
+                          for name, c in (r.breakdown or {}).items()},
+        }
+
+    async def _drive(self, pending: _Pending) -> None:
+        """Place and run one admitted task until it reaches a final state."""
+        task = pending.task
+        excluded: list[str] = []
+        attempts = 0
+        backoff = self.settings.reannounce_ms
+        try:
+            with trio.CancelScope(deadline=_deadline_trio(pending.deadline_ms)) as scope:
+                pending.cancel = scope
+                while attempts < self.settings.max_attempts:
+                    decision = await self._collect_and_place(pending, excluded)
+                    if not decision.placed:
+                        await self._move(task.id, TaskState.WAITING, "no feasible executor yet",
+                                         waiting_for=decision.waiting_for)
+                        await trio.sleep(backoff / 1000)
+                        backoff = min(backoff * 2, self.settings.reannounce_max_ms)
+                        continue
+                    backoff = self.settings.reannounce_ms
+                    outcome = await self._claim_and_run(pending, decision, excluded)
+                    if outcome is None:
+                        return
+                    attempts += 1
+                    changes = {"excluded_executors": list(excluded), "attempts": attempts}
+                    if self._records[task.id].state is TaskState.ADMITTED:
+                        await self._move_quiet(task.id, reason=outcome, **changes)
+                    else:
+                        await self._move(task.id, TaskState.ADMITTED, outcome, **changes)
+                await self._finish(self._records[task.id], TaskState.FAILED,
+                                   f"gave up after {attempts} placement attempts: {self._records[task.id].reason}")
+                return
+            if pending.executor_peer is not None:
+                self._nursery.start_soon(self._send_cancel, pending.executor_peer, task.id)
+            record = self._records[task.id]
+            if pending.cancelled:
+                await self._finish(record, TaskState.CANCELLED, "cancelled by the submitter")
+            elif not record.state.final:
+                waiting = f"; waiting for: {'; '.join(record.waiting_for)}" if record.waiting_for else ""
+                await self._finish(record, TaskState.EXPIRED, f"deadline passed before completion{waiting}")
+        except Exception as exc:
+            log.exception("event=task_driver_crashed task=%s error=%r", task.id, exc)
+            record = self._records.get(task.id)
+            if record is not None and not record.state.final:
+                await self._finish(record, TaskState.FAILED, f"internal error: {exc!r}")
+        finally:
+            self._pending.pop(task.id, None)
+            pending.done.set()
+
+    async def _collect_and_place(self, pending: _Pending, excluded: list[str]) -> PlacementDecision:
+        task = pending.task
+        now = now_ms()
+        feasible = feasibility_check(task, pending.constraints, trust=self.trust,
+                                     min_trust=self.node.config.trust.min_trust, now_ms=now)
+        window = OfferWindow.open(task.id, now_ms=now, want=self.settings.want_offers,
+                                  window_ms=self.node.config.offer_window_ms,
+                                  feasible=lambda o: o.did not in excluded and feasible(o))
+        send, receive = trio.open_memory_channel(256)
+        pending.window, pending.offers_send = window, send
+        started = time.perf_counter()
+        await self.node.publish(TOPIC_COMPUTE, ANNOUNCE, {
+            "task": task.model_dump(mode="json"),
+            "adjusted_priority": pending.adjusted.value,
+            "constraints": pending.constraints.model_dump(mode="json"),
+            "policy_hash": self._records[task.id].policy_hash,
+            "submitter_node": self.node.did,
+            "submitter_addrs": self.node.listen_addrs(),
+            "exclude": list(excluded),
+            "deadline_ms": pending.deadline_ms,
+        })
+        if "executor" in self.roles and self.node.did not in excluded:
+            local = self._offer_for(task, pending.constraints, list(excluded))
+            if local is not None:
+                await send.send(local)
+        with trio.move_on_at(_deadline_trio(window.deadline_ms)):
+            if not window.closed(now_ms()):
+                async for offer in receive:
+                    window.add(offer, now_ms())
+                    if window.closed(now_ms()):
+                        break
+        offers = list(window.offers)
+        pending.window, pending.offers_send = None, None
+        rtt_offers = [o.with_rtt(self._rtt_for(o.did)) for o in offers]
+        decision = place(task, pending.constraints, rtt_offers, trust=self.trust,
+                         min_trust=self.node.config.trust.min_trust, now_ms=now_ms())
+        PLACEMENT_SECONDS.observe(time.perf_counter() - started)
+        if not decision.placed and not offers:
+            decision = decision.model_copy(update={"waiting_for": [
+                f"no executor offered; wanted: {describe_constraints(pending.constraints, excluded)}"]})
+        self._decisions[task.id] = decision
+        await self._move_quiet(task.id, placement=decision.model_dump(mode="json"),
+                               waiting_for=decision.waiting_for)
+        return decision
+
+    def _rtt_for(self, did: str) -> float | None:
+        if did == self.node.did:
+            return 0.0
+        try:
+            return self.node.host.rtt_ms(self.node.host.peer_for_did(did))
+        except Exception:
+            return None
+
+    async def _claim_and_run(self, pending: _Pending, decision: PlacementDecision,
+                             excluded: list[str]) -> str | None:
+        """Claim the ranked executors in turn; None when the task reached a final state,
+        else the reason this attempt failed (the task is then placed again)."""
+        task = pending.task
+        last_reason = "no executor accepted the claim"
+        for did in decision.ranked:
+            if pending.cancelled:
+                return None
+            await self._move(task.id, TaskState.PLACED, f"placed on {did}", executor=did)
+            try:
+                outcome = await self._run_on(pending, did)
+            except ConversationError as exc:
+                self.trust.record_failure(did, now_ms())
+                excluded.append(did)
+                last_reason = f"executor {did} failed: {exc.reason} {exc.detail}".strip()
+                log.info("event=executor_lost task=%s executor=%s reason=%s", task.id, did, exc.reason)
+                pending.executor_peer = None
+                if self._records[task.id].state is TaskState.RUNNING:
+                    return last_reason
+                await self._move(task.id, TaskState.ADMITTED, last_reason)
+                continue
+            if outcome is None:
+                return None
+            excluded.append(did)
+            last_reason = outcome
+            await self._move(task.id, TaskState.ADMITTED, outcome)
+        return last_reason
+
+    async def _run_on(self, pending: _Pending, did: str) -> str | None:
+        """Claim on one executor; None when the task ended, else why the executor refused."""
+        task = pending.task
+        claim = {
+            "task": task.model_dump(mode="json"), "module": pending.module,
+            "adjusted_priority": pending.adjusted.value,
+            "constraints": pending.constraints.model_dump(mode="json"),
+            "policy_hash": self._records[task.id].policy_hash, "deadline_ms": pending.deadline_ms,
+        }
+        if did == self.node.did:
+            return await self._run_local(pending, claim)
+        peer = self.node.host.peer_for_did(did)
+        conv = await self.direct.open(peer)
+        pending.executor_peer = peer
+        try:
+            await conv.send(CLAIM, claim)
+            reply = await conv.recv(timeout=5.0)
+            if reply.type == REFUSE:
+                return f"executor {did} refused: {reply.payload.get('reason')}"
+            if reply.type != ACCEPT:
+                raise ConversationError("bad_reply", reply.type)
+            await self._move(task.id, TaskState.RUNNING, f"running on {did}")
+            budget = max(0.1, (pending.deadline_ms - now_ms() + self.settings.result_grace_ms) / 1000)
+            result = await conv.recv(timeout=budget)
+            if result.type != RESULT:
+                raise ConversationError("bad_reply", result.type)
+            return await self._settle(pending, did, result.payload)
+        finally:
+            await conv.close()
+
+    async def _run_local(self, pending: _Pending, claim: dict) -> str | None:
+        task = pending.task
+        refusal = self._claim_refusal(task.id, claim)
+        if refusal is not None:
+            return f"executor {self.node.did} refused: {refusal}"
+        await self._move(task.id, TaskState.RUNNING, f"running on {self.node.did}")
+        payload = await self._execute(claim, self.node.did)
+        return await self._settle(pending, self.node.did, payload)
+
+    async def _settle(self, pending: _Pending, did: str, payload: Any) -> str | None:
+        task = pending.task
+        try:
+            receipt = Receipt.from_wire(payload.get("receipt"))
+        except Exception as exc:
+            raise ConversationError("bad_receipt", repr(exc)) from None
+        if (not verify_receipt(receipt) or receipt.executor != did or receipt.task_id != task.id
+                or receipt.task_hash != task.task_hash()):
+            metrics.MESSAGES_DROPPED.labels("direct", "forged_receipt").inc()
+            raise ConversationError("forged_receipt", f"receipt for {task.id} from {did} does not verify")
+        record = self._records[task.id]
+        result = {"values": payload.get("values", []), "outcome": receipt.outcome.value,
+                  "error": payload.get("error")}
+        if receipt.outcome is Outcome.COMPLETED:
+            self.trust.record_success(did, now_ms())
+            await self._settle_credits(task, receipt)
+            await self._finish(record, TaskState.COMPLETED, None, result=result,
+                               receipt=_jsonable(receipt.to_wire()), executor=did)
+        else:
+            if receipt.outcome in (Outcome.CANCELLED,) and pending.cancelled:
+                await self._settle_credits(task, receipt)
+                await self._finish(record, TaskState.CANCELLED, "cancelled by the submitter",
+                                   result=result, receipt=_jsonable(receipt.to_wire()), executor=did)
+                return None
+            await self._settle_credits(task, receipt)
+            reason = f"{receipt.outcome.value}: {payload.get('error') or ''}".strip(": ")
+            await self._finish(record, TaskState.FAILED, reason, result=result,
+                               receipt=_jsonable(receipt.to_wire()), executor=did)
+        return None
+
+    async def _settle_credits(self, task: ComputeTask, receipt: Receipt) -> None:
+        if task.scope != ScopeLevel.COMMONS:
+            return
+        cost = actual_cost(receipt.fuel_used, self.rate) if receipt.outcome.ran else 0
+
+        def settle() -> None:
+            if cost == 0:
+                self.credits.release(task.id)
+                return
+            charged = self.credits.settle(task.id, cost)
+            store = self.node.usage_store
+            with store.batch():
+                month = _month_now()
+                if store.mark_processed(task.coop_id, "spend", task.id, month, now_ms()):
+                    store.increment(task.coop_id, task.submitter, month=month, credits_spent=charged)
+
+        await self.node.blocking(settle)
+        await self._publish_own_usage(task.coop_id)
+
+    async def _send_cancel(self, peer, task_id: str) -> None:
+        try:
+            conv = await self.direct.open(peer, timeout=2.0)
+            try:
+                await conv.send(CANCEL, {"task_id": task_id})
+            finally:
+                await conv.close()
+        except ConversationError as exc:
+            log.info("event=cancel_not_delivered task=%s reason=%s", task_id, exc.reason)
+
+    # --- executor side -------------------------------------------------------------------
+
+    def _offer_for(self, task: ComputeTask, constraints: PlacementConstraints, exclude: list[str]) -> Offer | None:
+        if "executor" not in self.roles or self.node.did in exclude:
+            return None
+        if task.coop_id not in self.node.config.coops:
+            return None
+        if self.node.did in task.locality_hints.avoid_executors:
+            return None
+        info = self.executor_info()
+        if check_executor(constraints, info):
+            return None
+        if self.queue.queue_depth >= self.settings.max_queued:
+            return None
+        OFFERS.labels("made").inc()
+        return Offer(task_id=task.id, executor=info, rtt_ms=None, offered_at_ms=now_ms())
+
+    async def _on_announce(self, delivery: Delivery) -> None:
+        p = delivery.envelope.payload
+        submitter = p.get("submitter_node")
+        if submitter == self.node.did or "executor" not in self.roles:
+            return
+        try:
+            task = ComputeTask.model_validate(p["task"])
+            constraints = PlacementConstraints.model_validate(p.get("constraints") or {})
+        except (ValidationError, KeyError, TypeError) as exc:
+            metrics.MESSAGES_DROPPED.labels("compute", "bad_schema").inc()
+            log.info("event=announce_invalid signer=%s error=%s", submitter, exc)
+            return
+        offer = self._offer_for(task, constraints, list(p.get("exclude") or []))
+        if offer is None:
+            return
+        self._nursery.start_soon(self._send_offer, submitter, list(p.get("submitter_addrs") or []), offer)
+
+    async def _send_offer(self, submitter: str, addrs: list[str], offer: Offer) -> None:
+        try:
+            peer = self.node.host.peer_for_did(submitter)
+            if not self.node.host.is_connected(peer):
+                for addr in addrs:
+                    try:
+                        await self.node.host.connect(addr, timeout=2.0)
+                        break
+                    except ConnectionError:
+                        continue
+            conv = await self.direct.open(peer, timeout=2.0)
+            try:
+                await conv.send(OFFER, offer.model_dump(mode="json"))
+            finally:
+                await conv.close()
+        except (ConversationError, ValueError) as exc:
+            log.info("event=offer_not_delivered task=%s reason=%r", offer.task_id, exc)
+
+    async def _on_offer(self, env, conv: Conversation) -> None:
+        try:
+            offer = Offer.from_wire(env.payload)
+        except Exception as exc:
+            metrics.MESSAGES_DROPPED.labels("direct", "bad_schema").inc()
+            log.info("event=offer_invalid peer=%s error=%r", conv.peer_did, exc)
+            return
+        if offer.did != conv.peer_did:
+            metrics.MESSAGES_DROPPED.labels("direct", "foreign_offer").inc()
+            log.info("event=offer_dropped reason=foreign_offer peer=%s offer_for=%s", conv.peer_did, offer.did)
+            return
+        pending = self._pending.get(offer.task_id)
+        if pending is None or pending.offers_send is None:
+            return  # late: the window closed
+        OFFERS.labels("received").inc()
+        try:
+            pending.offers_send.send_nowait(offer)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def _claim_refusal(self, task_id: str, claim: dict) -> str | None:
+        if "executor" not in self.roles:
+            return "not_an_executor"
+        if task_id in self._running:
+            return "already_claimed"
+        try:
+            constraints = PlacementConstraints.model_validate(claim.get("constraints") or {})
+        except ValidationError:
+            return "bad_constraints"
+        reasons = check_executor(constraints, self.executor_info())
+        if reasons:
+            return "constraints: " + "; ".join(reasons)
+        if self.queue.queue_depth >= self.settings.max_queued:
+            return "queue_full"
+        return None
+
+    async def _on_claim(self, env, conv: Conversation) -> None:
+        claim = env.payload
+        try:
+            task = ComputeTask.model_validate(claim["task"])
+        except (ValidationError, KeyError, TypeError) as exc:
+            CLAIMS.labels("bad_schema").inc()
+            await conv.send(REFUSE, {"reason": f"bad_schema: {exc}"[:500]})
+            return
+        refusal = self._claim_refusal(task.id, claim)
+        if refusal is not None:
+            CLAIMS.labels(refusal.split(":")[0]).inc()
+            await conv.send(REFUSE, {"task_id": task.id, "reason": refusal})
+            return
+        await conv.send(ACCEPT, {"task_id": task.id})
+        payload = await self._execute(claim, conv.peer_did)
+        await conv.send(RESULT, payload)
+
+    async def _execute(self, claim: dict, submitter_node: str) -> dict[str, Any]:
+        """Run a claimed task here; record our usage; return the result payload."""
+        task = ComputeTask.model_validate(claim["task"])
+        running = _Running(submitter=submitter_node)
+        self._running[task.id] = running
+        try:
+            module = claim.get("module")
+            if not isinstance(module, bytes):
+                module = b""
+            req = ExecutionRequest(
+                task_id=task.id, task_hash=task.task_hash(), coop_id=task.coop_id, member=task.submitter,
+                module=module, module_hash=task.module_hash, entry=task.entry, args=list(task.args),
+                fuel_limit=task.fuel_limit, priority=task.priority,
+                adjusted_priority=TaskPriority(claim.get("adjusted_priority", task.priority.value)),
+            )
+            try:
+                started = self.executor.submit(req)
+            except QueueFull:
+                started = None
+            if started is None:
+                CLAIMS.labels("queue_full").inc()
+                raise ConversationError("queue_full")
+            running.handle = started
+            result, receipt = await self.executor.finish(req, started)
+            CLAIMS.labels(receipt.outcome.value).inc()
+            await self._record_execution(task, receipt)
+            return {"task_id": task.id, "values": list(result.values), "error": result.error,
+                    "receipt": receipt.to_wire()}
+        finally:
+            self._running.pop(task.id, None)
+
+    async def _record_execution(self, task: ComputeTask, receipt: Receipt) -> None:
+        earned = actual_cost(receipt.fuel_used, self.rate) if (
+            task.scope == ScopeLevel.COMMONS and receipt.outcome.ran) else 0
+
+        def record() -> None:
+            self.tracker.record_execution(task.coop_id, task.submitter, task.id, receipt.cpu_ms,
+                                          receipt.fuel_used, executor_did=self.node.did)
+            if earned:
+                self.tracker.credit_earned(task.coop_id, self.node.did, earned, f"earn:{task.id}")
+
+        await self.node.blocking(record)
+        await self._publish_own_usage(task.coop_id)
+
+    async def _on_cancel(self, env, conv: Conversation) -> None:
+        task_id = env.payload.get("task_id") if isinstance(env.payload, dict) else None
+        running = self._running.get(task_id)
+        if running is None or running.submitter != conv.peer_did:
+            return
+        running.cancelled = True
+        if running.handle is not None and hasattr(running.handle, "cancel"):
+            running.handle.cancel()
+
+    # --- shared helpers ---------------------------------------------------------------
+
+    async def _publish_own_usage(self, coop_id: str) -> None:
+        """Gossip this node's usage entries for ``coop_id`` changed since the last publish.
+
+        Only on the coop's own topic, and only when this node serves the coop;
+        anything lost on the way is repaired by sync.
+        """
+        if coop_id not in self.node.config.coops:
+            return
+        me = self.node.did
+        store = self.node.usage_store
+
+        def changed() -> list:
+            vv = {w: 2**62 for w in store.version_vector(coop_id)}
+            vv[me] = self._published.get(coop_id, 0)
+            return [e for e in store.delta_since(coop_id, vv) if e.entry.writer == me]
+
+        for signed in await self.node.blocking(changed):
+            await self.node.publish(usage_topic(coop_id), USAGE_ENTRY, signed.to_wire())
+            self._published[coop_id] = max(self._published.get(coop_id, 0), signed.entry.version)
+
+    async def _save(self, record: TaskRecord) -> None:
+        self._records[record.task_id] = record
+        TASKS_BY_STATE.labels(record.state.value).inc()
+        await self.node.blocking(self.tasks.save, record)
+
+    async def _move(self, task_id: str, state: TaskState, reason: str | None, **changes: Any) -> None:
+        record = self._records[task_id]
+        if record.state is state and state is TaskState.WAITING:
+            await self._move_quiet(task_id, reason=reason, **changes)
+            return
+        await self._save(record.moved(state, now_ms(), reason=reason, **changes))
+
+    async def _move_quiet(self, task_id: str, **changes: Any) -> None:
+        """Update fields without a state transition (placement details, waiting reasons)."""
+        record = self._records[task_id]
+        updated = record.model_copy(update={**changes, "updated_at_ms": now_ms()})
+        self._records[task_id] = updated
+        await self.node.blocking(self.tasks.save, updated)
+
+    async def _finish(self, record: TaskRecord, state: TaskState, reason: str | None, **changes: Any) -> None:
+        """Enter a final state: release the member's slot and any unsettled credits."""
+        record = self._records.get(record.task_id, record)
+        if record.state.final:
+            return
+        await self._save(record.moved(state, now_ms(), reason=reason, **changes))
+        task = ComputeTask.model_validate(record.task)
+
+        def release() -> None:
+            self.tracker.task_released(task.coop_id, task.submitter, task.id, now_ms())
+            if task.scope == ScopeLevel.COMMONS:
+                reservation = self.credits.get(task.id)
+                if reservation is not None and reservation.state == "reserved":
+                    self.credits.release(task.id)
+
+        await self.node.blocking(release)
+        await self._publish_own_usage(task.coop_id)
+        pending = self._pending.get(task.id)
+        if pending is not None:
+            TASK_LATENCY_SECONDS.labels(state.value).observe(time.perf_counter() - pending.submitted_at)
+        self._emit("TaskFinished", task_id=task.id, state=state.value, reason=reason)
+        log.info("event=task_finished task=%s state=%s reason=%r", task.id, state.value, reason)
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        event = {"event": kind, "at_ms": now_ms(), **fields}
+        self.events.append(event)
+        del self.events[:-1000]
+
+
+def describe_constraints(c: PlacementConstraints, excluded: list[str]) -> str:
+    """What an executor must be to take the task, in one line."""
+    parts = []
+    if c.required_region:
+        parts.append(f"region {c.required_region}")
+    for cap in c.required_capabilities:
+        parts.append(f"capability {cap.capability}" + (f" >= {cap.min_version}" if cap.min_version else ""))
+    if c.allowed_executors:
+        parts.append(f"one of {len(c.allowed_executors)} whitelisted executors")
+    if c.forbidden_executors or excluded:
+        parts.append(f"not one of {len(set(c.forbidden_executors) | set(excluded))} excluded executors")
+    parts.extend(f"conflict: {x}" for x in c.conflicts)
+    return ", ".join(parts) or "any executor serving the coop"
+
+
+def _deadline_trio(deadline_ms: int) -> float:
+    """Convert a wall-clock deadline (ms since epoch) to a trio clock deadline."""
+    return trio.current_time() + max(0.0, (deadline_ms - now_ms()) / 1000)
+
+
+def _month_now() -> str:
+    from icn_p2p.core.clock import month_key
+
+    return month_key(now_ms())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,147 @@
+"""Tasks across a real mesh: libp2p hosts on 127.0.0.1, SQLite stores, wasmtime."""
+
+import logging
+
+import pytest
+import trio
+
+from icn_p2p.core.task import ComputeTask
+from icn_p2p.node.harness import start_nodes
+from icn_p2p.node.lifecycle import TaskState
+
+logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+
+ADD = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+SPIN = '(module (func (export "spin") (loop br 0)))'
+COOP = "coop-a"
+
+
+def policy(**extra):
+    body = {"coop_id": COOP, "default_quota": {"cpu_hours_per_month": 10.0, "max_concurrent_tasks": 5,
+                                               "max_priority": "High"}}
+    body.update(extra)
+    return body
+
+
+def task(i, member="did:icn:alice", **extra):
+    return ComputeTask(id=f"t{i}", coop_id=COOP, submitter=member, entry=extra.pop("entry", "add"),
+                       args=extra.pop("args", [2, 3]), fuel_limit=extra.pop("fuel_limit", 1_000_000), **extra)
+
+
+async def wait_policy(cluster, coop=COOP, version=1, timeout=10):
+    with trio.fail_after(timeout):
+        while not all((h := n.policy_heads().get(coop)) and h.version >= version for n in cluster.nodes):
+            await trio.sleep(0.02)
+
+
+async def wait_usage(cluster, member, tasks, timeout=10):
+    with trio.fail_after(timeout):
+        while True:
+            views = [n.usage_store.member_usage(COOP, member) for n in cluster.nodes]
+            if all(v.tasks_completed_this_month >= tasks and v.concurrent_tasks == 0 for v in views):
+                return views
+            await trio.sleep(0.02)
+
+
+async def test_task_runs_on_best_executor_and_usage_spreads(tmp_path):
+    per_node = [{"roles": ["submitter"]}, {"region": "eu-central"}, {"region": "us-west"}]
+    async with start_nodes(3, tmp_path, topology="full", coops=[COOP], per_node=per_node) as cluster:
+        a = cluster[0]
+        await a.set_local_policy(policy())
+        await wait_policy(cluster)
+        record = await a.compute.submit(task(1), ADD.encode())
+        assert record.state is TaskState.ADMITTED
+        done = await a.compute.wait("t1", timeout=10)
+        assert done.state is TaskState.COMPLETED, done.reason
+        assert done.result["values"] == [5]
+        assert done.executor in {cluster[1].did, cluster[2].did}
+        explained = a.compute.explain("t1")
+        assert explained["winner"] == done.executor
+        assert len(explained["offers"]) == 2
+        views = await wait_usage(cluster, "did:icn:alice", 1)
+        assert all(v.concurrent_tasks == 0 for v in views)
+        assert [e.state for e in done.events][:2] == [TaskState.ADMITTED, TaskState.PLACED]
+
+
+async def test_gdpr_tagged_task_stays_in_region(tmp_path):
+    per_node = [{"roles": ["submitter"]}, {"region": "eu-central"}, {"region": "us-west"}]
+    rules = [{"DataSovereignty": {"region": "eu-central", "tags": ["patient-data"]}}]
+    async with start_nodes(3, tmp_path, topology="full", coops=[COOP], per_node=per_node) as cluster:
+        a = cluster[0]
+        await a.set_local_policy(policy(rules=rules))
+        await wait_policy(cluster)
+        for i in range(4):
+            await a.compute.submit(task(i, tags=["patient-data"]), ADD.encode())
+        for i in range(4):
+            done = await a.compute.wait(f"t{i}", timeout=10)
+            assert done.state is TaskState.COMPLETED, done.reason
+            assert done.executor == cluster[1].did
+        why = a.compute.explain("t0", cluster[2].did)
+        assert "made no offer" in why["explanation"]
+        us_west = cluster[2].did
+        assert not [e for n in cluster.nodes for e in n.usage_store.entries(COOP)
+                    if e.writer == us_west and e.tasks_completed]
+
+
+async def test_quota_exhausted_via_one_node_blocks_member_on_another(tmp_path):
+    async with start_nodes(3, tmp_path, topology="full", coops=[COOP]) as cluster:
+        a, b = cluster[0], cluster[1]
+        body = policy()
+        body["default_quota"]["cpu_hours_per_month"] = 0.0000001  # well under one task's CPU time
+        await a.set_local_policy(body)
+        await wait_policy(cluster)
+        await a.compute.submit(task(1), ADD.encode())
+        done = await a.compute.wait("t1", timeout=10)
+        assert done.state is TaskState.COMPLETED, done.reason
+        await wait_usage(cluster, "did:icn:alice", 1)
+        rejected = await b.compute.submit(task(2), ADD.encode())
+        assert rejected.state is TaskState.REJECTED
+        assert "CPU" in rejected.reason or "cpu" in rejected.reason
+
+
+async def test_no_feasible_executor_waits_then_expires_with_reason(tmp_path):
+    rules = [{"DataSovereignty": {"region": "antarctica", "tags": []}}]
+    async with start_nodes(2, tmp_path, topology="full", coops=[COOP]) as cluster:
+        a = cluster[0]
+        await a.set_local_policy(policy(rules=rules))
+        await wait_policy(cluster)
+        import time
+        deadline = time.time_ns() // 1_000_000 + 1500
+        await a.compute.submit(task(1, deadline_ms=deadline), ADD.encode())
+        with trio.fail_after(5):
+            while (r := await a.compute.status("t1")).state is not TaskState.WAITING:
+                await trio.sleep(0.02)
+        assert any("antarctica" in w for w in r.waiting_for)
+        done = await a.compute.wait("t1", timeout=5)
+        assert done.state is TaskState.EXPIRED
+        assert "antarctica" in done.reason
+        usage = a.usage_store.member_usage(COOP, "did:icn:alice")
+        assert usage.concurrent_tasks == 0
+
+
+async def test_cancel_running_task(tmp_path):
+    per_node = [{"roles": ["submitter"]}, {}]
+    async with start_nodes(2, tmp_path, topology="full", coops=[COOP], per_node=per_node) as cluster:
+        a = cluster[0]
+        await a.set_local_policy(policy())
+        await wait_policy(cluster)
+        await a.compute.submit(task(1, entry="spin", args=[], fuel_limit=10**15), SPIN.encode())
+        with trio.fail_after(5):
+            while (await a.compute.status("t1")).state is not TaskState.RUNNING:
+                await trio.sleep(0.02)
+        done = await a.compute.cancel("t1")
+        assert done.state is TaskState.CANCELLED
+        with trio.fail_after(5):
+            while cluster[1].compute._running:
+                await trio.sleep(0.02)
+
+
+async def test_trapping_module_fails_with_reason(tmp_path):
+    async with start_nodes(2, tmp_path, topology="full", coops=[COOP]) as cluster:
+        a = cluster[0]
+        await a.set_local_policy(policy())
+        await wait_policy(cluster)
+        await a.compute.submit(task(1, entry="spin", args=[], fuel_limit=10_000), SPIN.encode())
+        done = await a.compute.wait("t1", timeout=10)
+        assert done.state is TaskState.FAILED
+        assert "out_of_fuel" in done.reason
