@@ -9,14 +9,18 @@ and addresses. What the Node does not offer yet is answered with
 
 from __future__ import annotations
 
+import base64
 import logging
+import secrets
 import time
 from typing import Any
 
 from icn_p2p import __version__
+from icn_p2p.core.decision import PolicyDecision
 from icn_p2p.core.policy import CoopSchedulingPolicy
 
 from . import schemas as s
+
 from .service import REASON_INVALID, REASON_NOT_FOUND, ServiceError, unavailable
 
 log = logging.getLogger(__name__)
@@ -185,20 +189,89 @@ class NodeBackedService:
 
     # --- compute (the task lifecycle is not wired into the Node yet) -------------------
 
+    @property
+    def _compute(self) -> Any:
+        compute = getattr(self.node, "compute", None)
+        if compute is None or compute.tasks is None:
+            raise unavailable("compute")
+        return compute
+
+    @staticmethod
+    def _task_status(record: Any) -> s.TaskStatus:
+        receipt = record.receipt or {}
+        result = record.result or {}
+        return s.TaskStatus(
+            task_id=record.task_id, coop_id=record.coop_id, submitter=record.submitter,
+            state=record.state.value, priority=record.task.get("priority", "Normal"),
+            executor=record.executor, submitted_at_ms=record.created_at_ms,
+            updated_at_ms=record.updated_at_ms, fuel_used=receipt.get("fuel_used"),
+            cpu_ms=receipt.get("cpu_ms"), result=result.get("values"),
+            error=result.get("error") or (record.reason if record.state.value in ("failed", "expired") else None),
+            reason=record.reason, policy_version=record.policy_version, policy_hash=record.policy_hash,
+            adjusted_priority=record.adjusted_priority, attempts=record.attempts,
+            waiting_for=list(record.waiting_for),
+            events=[e.model_dump(mode="json") for e in record.events],
+        )
+
     async def compute_submit(self, p: s.ComputeSubmitParams) -> s.ComputeSubmitResult:
-        raise unavailable("compute")
+        from icn_p2p.core.task import ComputeTask
+        from icn_p2p.node.compute import SubmitError
+
+        compute = self._compute
+        task_id = p.task_id or secrets.token_hex(8)
+        try:
+            task = ComputeTask(
+                id=task_id, coop_id=p.coop_id, submitter=p.submitter or self.node.did,
+                priority=p.priority, scope=p.scope, tags=list(p.tags), fuel_limit=p.fuel_limit,
+                locality_hints=p.locality_hints, resource_profile=p.resource_profile,
+                deadline_ms=p.deadline_ms, entry=p.entry, args=list(p.args),
+            )
+            record = await compute.submit(task, base64.b64decode(p.module))
+        except SubmitError as exc:
+            raise ServiceError(exc.reason, str(exc)) from None
+        decision = PolicyDecision.model_validate(record.decision) if record.decision else None
+        return s.ComputeSubmitResult(task_id=record.task_id, state=record.state.value, decision=decision,
+                                     reason=record.reason)
+
+    async def _task_record(self, task_id: str) -> Any:
+        record = await self._compute.status(task_id)
+        if record is None:
+            raise ServiceError(REASON_NOT_FOUND, f"no task {task_id} on this node", {"task_id": task_id})
+        return record
 
     async def compute_status(self, p: s.TaskIdParams) -> s.TaskStatus:
-        raise unavailable("compute")
+        return self._task_status(await self._task_record(p.task_id))
 
     async def compute_cancel(self, p: s.ComputeCancelParams) -> s.ComputeCancelResult:
-        raise unavailable("compute")
+        before = await self._task_record(p.task_id)
+        if before.state.final:
+            return s.ComputeCancelResult(task_id=p.task_id, cancelled=False, state=before.state.value)
+        after = await self._compute.cancel(p.task_id, reason=p.reason or "cancelled by the submitter")
+        return s.ComputeCancelResult(task_id=p.task_id, cancelled=after.state.value == "cancelled",
+                                     state=after.state.value)
 
     async def compute_list(self, p: s.ComputeListParams) -> s.ComputeListResult:
-        raise unavailable("compute")
+        from icn_p2p.node.lifecycle import TaskState
+
+        records = await self._compute.list(coop_id=p.coop_id,
+                                           state=TaskState(p.state) if p.state else None, limit=p.limit)
+        return s.ComputeListResult(tasks=[self._task_status(r) for r in records])
 
     async def compute_explain(self, p: s.TaskIdParams) -> s.ComputeExplainResult:
-        raise unavailable("compute")
+        record = await self._task_record(p.task_id)
+        explained = self._compute.explain(p.task_id) or {}
+        offers = []
+        for o in explained.get("offers", []):
+            reasons = [o["excluded_by"]["reason"]] if o.get("excluded_by") else []
+            offers.append(s.OfferScore(
+                executor=o["executor"], feasible=o["feasible"], score=o.get("score"),
+                breakdown={k: v["value"] for k, v in o.get("breakdown", {}).items()}, reasons=reasons))
+        decision = PolicyDecision.model_validate(record.decision) if record.decision else None
+        return s.ComputeExplainResult(
+            task_id=record.task_id, state=record.state.value, decision=decision, offers=offers,
+            chosen=explained.get("winner") or record.executor, explanation=explained.get("explanation"),
+            waiting_for=list(explained.get("waiting_for") or record.waiting_for),
+        )
 
     # --- mesh and node ----------------------------------------------------------------
 

@@ -35,8 +35,9 @@ U64 = Annotated[int, Field(ge=0, le=2**64 - 1)]
 #: limit bounds the request as a whole.
 MAX_MODULE_BYTES = 512 * 1024
 
-TASK_STATES = ("pending", "announced", "claimed", "running", "completed", "failed", "rejected", "cancelled")
-TERMINAL_TASK_STATES = frozenset({"completed", "failed", "rejected", "cancelled"})
+TASK_STATES = ("submitted", "admitted", "rejected", "waiting", "placed", "running", "completed", "failed",
+               "cancelled", "expired")
+TERMINAL_TASK_STATES = frozenset({"completed", "failed", "rejected", "cancelled", "expired"})
 
 
 class Params(BaseModel):
@@ -249,6 +250,8 @@ class ComputeSubmitParams(Params):
     locality_hints: LocalityHints = Field(default_factory=LocalityHints)
     resource_profile: ResourceProfile = Field(default_factory=ResourceProfile)
     deadline_ms: U64 | None = None
+    #: A caller-chosen id (unique per node); a random one when absent.
+    task_id: Name | None = None
 
     @field_validator("module")
     @classmethod
@@ -259,18 +262,27 @@ class ComputeSubmitParams(Params):
             raise ValueError("module must be standard base64") from None
         if len(raw) > MAX_MODULE_BYTES:
             raise ValueError(f"module is {len(raw)} bytes, more than the {MAX_MODULE_BYTES} allowed")
-        if raw[:4] != b"\0asm":
-            raise ValueError("module is not a WebAssembly binary (no \\0asm header)")
+        if raw[:4] != b"\0asm" and not _looks_like_wat(raw):
+            raise ValueError("module is neither a WebAssembly binary (\\0asm header) nor WAT text ((module ...))")
         return v
 
     def module_bytes(self) -> bytes:
         return base64.b64decode(self.module)
 
 
+def _looks_like_wat(raw: bytes) -> bool:
+    try:
+        text = raw.decode("utf-8").lstrip()
+    except UnicodeDecodeError:
+        return False
+    return text.startswith("(module")
+
+
 class ComputeSubmitResult(Result):
     task_id: str
     state: str
     decision: PolicyDecision | None = None
+    reason: str | None = None
 
 
 class TaskIdParams(Params):
@@ -295,6 +307,13 @@ class TaskStatus(Result):
     cpu_ms: int | None = None
     result: Any = None
     error: str | None = None
+    reason: str | None = None
+    policy_version: int | None = None
+    policy_hash: str | None = None
+    adjusted_priority: TaskPriority | None = None
+    attempts: int = 0
+    waiting_for: list[str] = Field(default_factory=list)
+    events: list[dict[str, Any]] = Field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -333,6 +352,8 @@ class ComputeExplainResult(Result):
     decision: PolicyDecision | None = None
     offers: list[OfferScore] = Field(default_factory=list)
     chosen: str | None = None
+    explanation: str | None = None
+    waiting_for: list[str] = Field(default_factory=list)
 
 
 # --- mesh and node -------------------------------------------------------------

@@ -32,7 +32,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_REJECTED = 3
 
-TERMINAL_STATES = ("completed", "failed", "rejected", "cancelled")
+TERMINAL_STATES = ("completed", "failed", "rejected", "cancelled", "expired")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document (full DIDs).")]
 CoopOpt = Annotated[str, typer.Option("--coop-id", help="Cooperative id.", show_default=False)]
@@ -451,7 +451,8 @@ def _exit_for(task: dict[str, Any]) -> int:
 def compute_submit(
     ctx: typer.Context,
     coop_id: CoopOpt,
-    wasm: Annotated[Path, typer.Option("--wasm", help="WebAssembly module (.wasm).", show_default=False)],
+    wasm: Annotated[Path, typer.Option("--wasm", help="WebAssembly module (.wasm binary or .wat text).",
+                                       show_default=False)],
     entry: Annotated[str, typer.Option("--entry", help="Exported function to call.")] = "main",
     args: Annotated[Optional[list[str]], typer.Option("--arg", help="Argument (number); repeat in order.")] = None,
     fuel: Annotated[int, typer.Option("--fuel", min=1, help="Fuel limit.")] = 10_000_000,
@@ -475,13 +476,19 @@ def compute_submit(
         module = wasm.read_bytes()
     except OSError as e:
         fail(f"{wasm}: cannot be read: {e.strerror or e}", as_json=as_json)
-    if module[:4] != b"\0asm":
-        fail(f"{wasm}: not a WebAssembly binary", as_json=as_json)
+    if module[:4] != b"\0asm" and not module.lstrip().startswith(b"(module"):
+        fail(f"{wasm}: neither a WebAssembly binary nor WAT text", as_json=as_json)
     result = call(
         ctx, as_json, "compute.submit", coop_id=coop_id, module=base64.b64encode(module).decode(),
         entry=entry, args=values, fuel_limit=fuel, priority=names[priority.lower()], tags=tags or [],
         submitter=submitter,
     )
+    if result["state"] == "rejected":
+        if as_json:
+            emit_json(result)
+        else:
+            _print(f"task {result['task_id']} rejected by policy: {result.get('reason')}")
+        raise typer.Exit(EXIT_REJECTED)
     if not wait:
         if as_json:
             emit_json(result)

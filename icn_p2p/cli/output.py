@@ -63,13 +63,13 @@ def console():
     """A rich console on the current stdout (resolved at call time, so tests capture it)."""
     from rich.console import Console
 
-    return Console(soft_wrap=True, highlight=False)
+    return Console(soft_wrap=True, highlight=False, emoji=False)
 
 
 def err_console():
     from rich.console import Console
 
-    return Console(stderr=True, soft_wrap=True, highlight=False)
+    return Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)
 
 
 def emit_json(obj: Any) -> None:

@@ -184,13 +184,45 @@ async def test_quota_and_what_if_against_live_usage(mesh):
     assert err["data"]["reason"] == "not_found"
 
 
-async def test_compute_is_unavailable_until_the_node_runs_tasks(mesh):
-    _, api = mesh
-    for method, params in [("compute.status", {"task_id": "t"}), ("compute.list", {}),
-                           ("compute.explain", {"task_id": "t"}), ("compute.cancel", {"task_id": "t"}),
-                           ("compute.submit", {"coop_id": COOP, "module": "AGFzbQEAAAA="})]:
-        err = await api.err(method, **params)
-        assert err["code"] == -32000 and err["data"]["reason"] == "unavailable", method
+ADD_WAT = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+
+
+async def test_compute_submit_status_list_explain_cancel(mesh):
+    import base64
+
+    cluster, api = mesh
+    module = base64.b64encode(ADD_WAT.encode()).decode()
+    err = await api.err("compute.submit", coop_id=COOP, module=module, entry="add", args=[1, 2])
+    assert err["data"]["reason"] == "no_policy"
+    await api.ok("policy.set", policy=policy_doc())
+    with trio.fail_after(10):
+        while not cluster[1].policy_heads().get(COOP):
+            await trio.sleep(0.02)
+    sent = await api.ok("compute.submit", coop_id=COOP, module=module, entry="add", args=[40, 2],
+                        task_id="job-1", submitter="did:icn:alice")
+    assert sent["task_id"] == "job-1" and sent["state"] == "admitted"
+    assert sent["decision"]["decision"] == "allow"
+    with trio.fail_after(10):
+        while (status := await api.ok("compute.status", task_id="job-1"))["state"] != "completed":
+            assert status["state"] not in ("failed", "expired", "rejected"), status
+            await trio.sleep(0.05)
+    assert status["result"] == [42] and status["executor"] in (cluster[0].did, cluster[1].did)
+    assert status["fuel_used"] > 0 and status["policy_version"] == 1
+    listed = await api.ok("compute.list", coop_id=COOP)
+    assert [t["task_id"] for t in listed["tasks"]] == ["job-1"]
+    assert (await api.ok("compute.list", state="running"))["tasks"] == []
+    why = await api.ok("compute.explain", task_id="job-1")
+    assert why["chosen"] == status["executor"] and len(why["offers"]) == 2
+    assert all(set(o["breakdown"]) >= {"trust", "queue", "rtt"} for o in why["offers"])
+    late = await api.ok("compute.cancel", task_id="job-1")
+    assert late == {"task_id": "job-1", "cancelled": False, "state": "completed"}
+    assert (await api.err("compute.status", task_id="nope"))["data"]["reason"] == "not_found"
+    dup = await api.err("compute.submit", coop_id=COOP, module=module, entry="add", args=[1, 1],
+                        task_id="job-1")
+    assert dup["data"]["reason"] == "duplicate_task"
+    rejected = await api.ok("compute.submit", coop_id=COOP, module=module, entry="add", args=[1, 1],
+                            submitter=GUEST, priority="High")
+    assert rejected["state"] == "rejected" and "priority" in rejected["reason"].lower()
 
 
 async def test_metrics_include_node_figures(mesh):

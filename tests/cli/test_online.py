@@ -253,7 +253,7 @@ def test_compute_submit_bad_input(server, policy_file, wasm, tmp_path):
     text = tmp_path / "not.wasm"
     text.write_text("hello")
     r = run(server, "compute", "submit", "--coop-id", "test-coop", "--wasm", text)
-    assert r.exit_code == 1 and "not a WebAssembly binary" in r.stderr
+    assert r.exit_code == 1 and "neither a WebAssembly binary nor WAT text" in r.stderr
     r = run(server, "compute", "submit", "--coop-id", "test-coop", "--wasm", tmp_path / "none.wasm")
     assert r.exit_code == 1 and "cannot be read" in r.stderr
     r = run(server, "compute", "submit", "--coop-id", "test-coop", "--wasm", wasm, token=False)
