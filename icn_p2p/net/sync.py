@@ -149,7 +149,8 @@ class Sync:
         self.sources: dict[str, SyncSource] = {}
         self._rng = random.Random(secrets.randbits(64))
         self._nursery: trio.Nursery | None = None
-        self._inflight: set[ID] = set()
+        self._inflight: dict[ID, trio.Event] = {}
+        self._last_ok: dict[ID, bool] = {}
         self.rounds_ok = 0
         host.libp2p.set_stream_handler(PROTOCOL_ID, self._serve)
         host.on_connection(self._on_connect)
@@ -204,10 +205,18 @@ class Sync:
         return await self._blocking(collect)
 
     async def sync_with(self, peer: ID) -> bool:
-        """One pull session with ``peer``. Never raises; returns success."""
-        if peer in self._inflight or not self.sources:
+        """One pull session with ``peer``. Never raises; returns success.
+
+        When a session with ``peer`` is already running, waits for it and
+        returns its outcome instead of opening a second one."""
+        if not self.sources:
             return False
-        self._inflight.add(peer)
+        running = self._inflight.get(peer)
+        if running is not None:
+            await running.wait()
+            return self._last_ok.get(peer, False)
+        done = self._inflight[peer] = trio.Event()
+        self._last_ok[peer] = False
         stream = None
         try:
             with trio.move_on_after(self.settings.session_timeout_s) as scope:
@@ -217,6 +226,7 @@ class Sync:
                 raise SyncError("session timed out")
             SYNC_ROUNDS.labels(outcome="ok").inc()
             self.rounds_ok += 1
+            self._last_ok[peer] = True
             if pulled:
                 log.info("event=sync_pulled peer=%s items=%d", short(peer), pulled)
             return True
@@ -225,9 +235,12 @@ class Sync:
             log.debug("event=sync_failed peer=%s error=%r", short(peer), exc)
             return False
         finally:
-            self._inflight.discard(peer)
+            del self._inflight[peer]
+            done.set()
             if stream is not None:
                 await self._close(stream)
+            if len(self._last_ok) > 4096:
+                self._last_ok.clear()
 
     @staticmethod
     async def _close(stream) -> None:
