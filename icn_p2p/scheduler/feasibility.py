@@ -82,20 +82,24 @@ class MinTrustFilter:
 
 
 class FitsFilter:
-    """Free cores (cpu_cores x cpu_free) and free memory must cover the task's profile."""
+    """The executor's cores and memory must cover the task's profile.
+
+    This asks whether the task fits the machine at all. How busy the machine
+    is right now (its free share and queue) is the rankers' business: an
+    executor queues claimed work, so a busy one is a worse choice, not an
+    impossible one.
+    """
 
     name = "fits"
 
     def __call__(self, task, constraints, offer, ctx):
         cap = offer.executor.capacity
         need = task.resource_profile
-        free_cores = cap.cpu_cores * cap.cpu_free
-        free_mb = cap.memory_mb * cap.memory_free
         short = []
-        if free_cores + _EPS < need.cpu_cores:
-            short.append(f"{free_cores:.2f} free CPU cores < {need.cpu_cores:g} needed")
-        if free_mb + _EPS < need.memory_mb:
-            short.append(f"{free_mb:.0f} MB free memory < {need.memory_mb} MB needed")
+        if cap.cpu_cores + _EPS < need.cpu_cores:
+            short.append(f"{cap.cpu_cores:.2f} CPU cores < {need.cpu_cores:g} needed")
+        if cap.memory_mb + _EPS < need.memory_mb:
+            short.append(f"{cap.memory_mb} MB memory < {need.memory_mb} MB needed")
         return "; ".join(short) if short else None
 
 

@@ -65,10 +65,10 @@ def test_min_trust_filter_uses_effective_trust():
 
 
 @pytest.mark.parametrize("cores,cpu_free,mem,mem_free,need_cores,need_mb,fits", [
-    (4, 0.25, 1024, 1.0, 1.0, 64, True),      # exactly one free core
-    (4, 0.2, 1024, 1.0, 1.0, 64, False),      # 0.8 free cores
-    (8, 0.5, 1000, 0.1, 2.0, 100, True),      # exactly 100 MB free
-    (8, 0.5, 1000, 0.099, 2.0, 100, False),
+    (1, 1.0, 1024, 1.0, 1.0, 64, True),       # exactly one core
+    (0.8, 1.0, 1024, 1.0, 1.0, 64, False),    # a smaller machine than the task needs
+    (8, 0.0, 1000, 0.0, 2.0, 100, True),      # busy right now: ranked lower, still feasible
+    (8, 0.5, 99, 1.0, 2.0, 100, False),       # 99 MB machine, 100 MB task
     (0.3, 1.0, 4096, 1.0, 0.1 * 3, 64, True),  # float noise does not exclude
 ])
 def test_fits_filter(cores, cpu_free, mem, mem_free, need_cores, need_mb, fits):
@@ -81,7 +81,7 @@ def test_fits_filter(cores, cpu_free, mem, mem_free, need_cores, need_mb, fits):
 def test_fits_filter_names_both_shortfalls():
     t = task(profile={"cpu_cores": 4, "memory_mb": 2048})
     o = offer("a", capacity={"cpu_cores": 2, "cpu_free": 0.5, "memory_mb": 1024, "memory_free": 0.5})
-    assert FitsFilter()(t, NONE, o, ctx()) == "1.00 free CPU cores < 4 needed; 512 MB free memory < 2048 MB needed"
+    assert FitsFilter()(t, NONE, o, ctx()) == "2.00 CPU cores < 4 needed; 1024 MB memory < 2048 MB needed"
 
 
 def test_deadline_filter():
