@@ -30,6 +30,7 @@ from icn_p2p.net.sync import Sync, SyncSettings
 from icn_p2p.net.validation import EnvelopeValidator, MessageTypes, SchemaHook
 from icn_p2p.node.compute import ComputeService
 from icn_p2p.node.config import NodeConfig
+from icn_p2p.node.governance import GovernanceService
 from icn_p2p.node.sources import (
     POLICY_ACT,
     USAGE_ENTRY,
@@ -89,6 +90,7 @@ class Node:
         self.gossip.handle(POLICY_ACT, self._on_policy_act)
         self.gossip.handle(USAGE_ENTRY, self._on_usage_entry)
         self.compute = ComputeService(self, config.compute)
+        self.governance = GovernanceService(self)
         self._nursery: trio.Nursery | None = None
         self._cm = None
         self._stopped = trio.Event()
@@ -160,6 +162,7 @@ class Node:
         """Run until :meth:`stop` or cancellation; ``task_status.started()`` once listening."""
         await self.blocking(self._open_stores)
         assert self.policy_store is not None and self.usage_store is not None
+        self.governance.register_sync()  # domains before the acts judged under them
         self.sync.register(PolicySource(self.policy_store))
         self.sync.register(UsageSource(self.usage_store, self.config.coops))
         await self.gossip.subscribe(TOPIC_POLICY)
