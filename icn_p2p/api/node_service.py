@@ -139,9 +139,76 @@ class NodeBackedService:
             s.PolicyVersionInfo(
                 version=v.version, content_hash=v.policy_hash, set_by=v.proposer, set_at_ms=v.created_at_ms,
                 governed=v.mode == "governed", status=v.status, reason=v.reason, approvers=len(v.approvers),
+                approver_dids=list(v.approvers), mode=v.mode, effective_at_ms=v.effective_at_ms,
+                changes=_diff_summary(v),
             )
             for v in versions[-p.limit:]
         ])
+
+    # --- governance ---------------------------------------------------------------------
+
+    @staticmethod
+    def _proposal_result(result: Any, proposal: Any) -> s.ProposalResult:
+        return s.ProposalResult(coop_id=proposal.coop_id, proposal_id=proposal.proposal_id,
+                                version=proposal.version, status=result.reason, accepted=result.accepted,
+                                detail=result.detail)
+
+    async def policy_propose(self, p: s.PolicyProposeParams) -> s.ProposalResult:
+        from icn_p2p.policy.governance import GovernanceError
+
+        if p.policy.governance_domain is None:
+            raise ServiceError(REASON_INVALID, "a policy without a governance_domain is set with policy.set")
+        try:
+            result, proposal = await self.node.governance.propose(
+                p.policy, reason=p.reason, effective_at_ms=p.effective_at_ms)
+        except GovernanceError as exc:
+            raise ServiceError(exc.reason, str(exc)) from None
+        return self._proposal_result(result, proposal)
+
+    async def policy_rollback(self, p: s.PolicyRollbackParams) -> s.ProposalResult:
+        from icn_p2p.policy.governance import GovernanceError
+
+        try:
+            result, proposal = await self.node.governance.rollback(p.coop_id, p.to_version, reason=p.reason)
+        except GovernanceError as exc:
+            raise ServiceError(exc.reason, str(exc)) from None
+        return self._proposal_result(result, proposal)
+
+    async def policy_approve(self, p: s.PolicyApproveParams) -> s.PolicyApproveResult:
+        result = await self.node.governance.approve(p.proposal_id)
+        if result is None:
+            return s.PolicyApproveResult(proposal_id=p.proposal_id, status="pending", accepted=False)
+        return s.PolicyApproveResult(proposal_id=p.proposal_id, status=result.reason, accepted=result.accepted,
+                                     version=result.version, detail=result.detail)
+
+    @staticmethod
+    def _domain_info(state: Any, *, status: str = "accepted", accepted: bool = True) -> s.DomainInfo:
+        return s.DomainInfo(name=state.name, genesis_id=state.genesis_id, state_hash=state.state_hash,
+                            seq=state.seq, members=list(state.members), threshold=state.threshold,
+                            status=status, accepted=accepted)
+
+    async def domain_found(self, p: s.DomainFoundParams) -> s.DomainInfo:
+        from icn_p2p.policy.governance import DomainGenesis, GovernanceError
+
+        wire = dict(p.genesis)
+        sigs = wire.get("signatures")
+        if isinstance(sigs, list):
+            wire["signatures"] = [_unhex_signature(a, f"genesis.signatures.{i}") for i, a in enumerate(sigs)]
+        try:
+            genesis = DomainGenesis.from_wire(wire)
+        except GovernanceError as exc:
+            raise ServiceError(exc.reason, str(exc)) from None
+        result = await self.node.governance.found_domain(genesis)
+        state = self._policies.domain_state(genesis.name)
+        if not result.accepted and state is None:
+            raise ServiceError(result.reason, f"domain {genesis.name} refused: {result.reason} {result.detail}".strip())
+        return self._domain_info(state, status=result.reason, accepted=result.accepted)
+
+    async def domain_get(self, p: s.DomainGetParams) -> s.DomainInfo:
+        state = self._policies.domain_state(p.name)
+        if state is None:
+            raise ServiceError(REASON_NOT_FOUND, f"no governance domain {p.name!r} on this node", {"name": p.name})
+        return self._domain_info(state)
 
     async def policy_check(self, p: s.PolicyCheckParams) -> s.PolicyCheckResult:
         from icn_p2p.core.task import ComputeTask
@@ -338,6 +405,13 @@ def _unhex_signature(obj: Any, where: str) -> Any:
         except ValueError:
             raise ServiceError("malformed", f"{where}.signature must be hex") from None
     return {**obj, "signature": sig}
+
+
+def _diff_summary(version: Any) -> str:
+    diff = getattr(version, "diff", None)
+    if diff is None:
+        return ""
+    return diff.summary() if hasattr(diff, "summary") else str(diff)
 
 
 def _act_from_json(act: dict[str, Any]) -> Any:

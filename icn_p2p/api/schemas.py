@@ -164,11 +164,75 @@ class PolicyVersionInfo(Result):
     status: str = "active"
     reason: str = ""
     approvers: int = 0
+    approver_dids: list[str] = Field(default_factory=list)
+    mode: str = "local"
+    effective_at_ms: int | None = None
+    #: What changed from the version it replaced, one line (``no change`` for a first version).
+    changes: str = ""
 
 
 class PolicyHistoryResult(Result):
     coop_id: str
     versions: list[PolicyVersionInfo]
+
+
+class PolicyProposeParams(Params):
+    """Propose the next version of a governed coop's policy, signed by this node (a member)."""
+
+    policy: CoopSchedulingPolicy
+    reason: Annotated[str, Field(max_length=1024)] = ""
+    effective_at_ms: U64 | None = None
+
+
+class PolicyRollbackParams(Params):
+    """Propose a new version whose body is an earlier version's."""
+
+    coop_id: Name
+    to_version: Annotated[int, Field(ge=1)]
+    reason: Annotated[str, Field(max_length=1024)] = ""
+
+
+class ProposalResult(Result):
+    coop_id: str
+    proposal_id: str
+    version: int
+    #: "accepted" (in force on the chain), "pending" (waiting for approvals) or why it was refused.
+    status: str
+    accepted: bool
+    detail: str = ""
+
+
+class PolicyApproveParams(Params):
+    proposal_id: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class PolicyApproveResult(Result):
+    proposal_id: str
+    status: str
+    accepted: bool
+    version: int | None = None
+    detail: str = ""
+
+
+class DomainFoundParams(Params):
+    """A domain genesis signed by every founding member (``DomainGenesis.to_wire()``, bytes as hex)."""
+
+    genesis: dict[str, Any]
+
+
+class DomainGetParams(Params):
+    name: Name
+
+
+class DomainInfo(Result):
+    name: str
+    genesis_id: str
+    state_hash: str
+    seq: int
+    members: list[str]
+    threshold: int
+    accepted: bool = True
+    status: str = "accepted"
 
 
 class PolicyCheckParams(Params):

@@ -82,7 +82,7 @@ def _root(
     ] = None,
     data_dir: Annotated[
         Optional[Path],
-        typer.Option("--data-dir", envvar="ICN_DATA_DIR", help="Node data directory (local commands)."),
+        typer.Option("--data-dir", envvar="ICN_DATA_DIR", help="Node data directory (its api-token is read for mutating commands)."),
     ] = None,
 ) -> None:
     ctx.obj = CliState(node=node, token=token, data_dir=data_dir)

@@ -750,3 +750,6 @@ def register(app: typer.Typer) -> None:
     mesh.command("watch")(mesh_watch)
     node = _group(app, "node", "This node.")
     node.command("info")(node_info)
+    from .governance_cmds import register as register_governance
+
+    register_governance(app)

@@ -231,3 +231,45 @@ async def test_metrics_include_node_figures(mesh):
     r = await api.http.get(api.url + "/metrics")
     names = {f.name for f in text_string_to_metric_families(r.text)}
     assert {"icn_peers", "icn_rpc_requests"} <= names
+
+
+async def test_governance_through_the_api(mesh):
+    from icn_p2p.policy.governance import DomainGenesis
+
+    cluster, api = mesh
+    a, b = cluster[0], cluster[1]
+    genesis = DomainGenesis.create("gov:basic", [a.key, b.key], 2, now_ms())
+    wire = genesis.to_wire()
+    wire["signatures"] = [{**sig, "signature": sig["signature"].hex()} for sig in wire["signatures"]]
+    founded = await api.ok("domain.found", genesis=wire)
+    assert founded["accepted"] and set(founded["members"]) == {a.did, b.did} and founded["threshold"] == 2
+    assert (await api.ok("domain.get", name="gov:basic"))["genesis_id"] == genesis.genesis_id
+    assert (await api.err("domain.get", name="nope"))["data"]["reason"] == "not_found"
+
+    doc = policy_doc() | {"governance_domain": "gov:basic"}
+    proposed = await api.ok("policy.propose", policy=doc, reason="founding policy")
+    assert proposed["status"] == "pending" and proposed["version"] == 1 and not proposed["accepted"]
+    assert (await api.err("policy.get", coop_id=COOP))["data"]["reason"] == "not_found"
+    with trio.fail_after(10):
+        while not b.policy_store.pending(COOP):
+            await trio.sleep(0.02)
+    vote = await b.governance.approve(proposed["proposal_id"])
+    assert vote.accepted
+    with trio.fail_after(10):
+        while (await api.call("policy.get", coop_id=COOP)).get("result") is None:
+            await trio.sleep(0.02)
+    history = await api.ok("policy.history", coop_id=COOP)
+    v1 = history["versions"][0]
+    assert v1["governed"] and v1["mode"] == "governed" and set(v1["approver_dids"]) == {a.did, b.did}
+    assert v1["reason"] == "founding policy"
+
+    again = await api.ok("policy.approve", proposal_id=proposed["proposal_id"])
+    assert again["status"] in ("replayed", "accepted")  # a second vote changes nothing
+    assert (await api.ok("policy.get", coop_id=COOP))["version"] == 1
+    local = await api.err("policy.propose", policy=policy_doc())
+    assert local["data"]["reason"] == "invalid"
+    rollback = await api.err("policy.rollback", coop_id=COOP, to_version=7)
+    assert rollback["data"]["reason"] == "version_gap"
+    unauth = await api.http.post(api.url + "/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "policy.approve",
+                                                         "params": {"proposal_id": "0" * 64}})
+    assert unauth.json()["error"]["code"] == -32001
