@@ -32,7 +32,7 @@ from . import procstat
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.02
+POLL_S = 0.05
 
 
 def now_ns() -> int:
@@ -51,7 +51,8 @@ def record_view(r: TaskRecord) -> dict[str, Any]:
     return {"task_id": r.task_id, "state": r.state.value, "reason": r.reason, "executor": r.executor,
             "attempts": r.attempts, "adjusted_priority": r.adjusted_priority, "violations": violations,
             "remedies": remedies, "policy_version": r.policy_version,
-            "created_at_ms": r.created_at_ms, "updated_at_ms": r.updated_at_ms}
+            "created_at_ms": r.created_at_ms, "updated_at_ms": r.updated_at_ms,
+            "steps": [[e.state.value, e.at_ms - r.created_at_ms, e.reason] for e in r.events]}
 
 
 class NodeAgent:

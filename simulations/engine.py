@@ -69,6 +69,7 @@ class TaskObs:
     latency_ms: float | None = None
     attempts: int = 0
     utc_hour: int | None = None
+    steps: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -129,6 +130,7 @@ class Simulation:
         self._streams_open = 0
         self._submitted_count = 0
         self._rr: dict[int, int] = {}
+        self._last_action_ns = 0
 
     @property
     def timeline_length(self) -> float:
@@ -152,6 +154,7 @@ class Simulation:
             if g.concurrency is not None:
                 compute["concurrency"] = g.concurrency
             overrides: dict[str, Any] = {
+                **g.config,
                 "roles": list(g.roles), "coops": self.sc.coops_of(i), "region": g.region,
                 "capabilities": dict(g.capabilities),
                 "trust": {"peers": {d: t for d, t in trust_peers.items() if d != self.dids[i]}},
@@ -265,6 +268,7 @@ class Simulation:
             self.obs.events.append({"t_s": round((now_ns() - self.obs.t0_ns) / 1e9, 3), "action": action.action,
                                     "note": action.note})
             await self._do(idx, action, streams)
+            self._last_action_ns = now_ns()
 
     async def _do(self, idx: int, a: Any, streams: trio.Nursery) -> None:
         if isinstance(a, sc.SetPolicy):
@@ -544,10 +548,11 @@ class Simulation:
 
     async def _final_convergence(self) -> None:
         finals = [t.t_final_ns for t in self.obs.tasks.values() if t.t_final_ns]
-        t_ref = max(finals) if finals else now_ns()
+        t_ref = max(finals + [self._last_action_ns]) if finals else now_ns()
+        after = "last task" if finals and max(finals) >= self._last_action_ns else "last action"
         coops = [c.id for c in self.sc.coops]
         ms, equal = await self._converge(coops, t_ref, timeout=30.0)
-        self.obs.convergence.append({"after": "last task", "ms": ms, "converged": equal})
+        self.obs.convergence.append({"after": after, "ms": ms, "converged": equal})
         for coop in coops:
             views = await self._usage_views(coop)
             merged: dict[str, Any] = {}
@@ -580,6 +585,7 @@ class Simulation:
                     t.state, t.reason = view["state"], view.get("reason")
                     t.executor = view.get("executor") or t.executor
                     t.attempts = view.get("attempts", t.attempts)
+                    t.steps = view.get("steps") or []
                     if view.get("violations"):
                         t.violations = view["violations"]
                     if t.t_final_ns is None and view["state"] in ("completed", "failed", "expired", "cancelled"):

@@ -51,7 +51,8 @@ def propagation(obs: Observations) -> dict[str, Any]:
     }
 
 
-def _group(tasks: list[TaskObs], regions: dict[str, str | None], names: dict[str, str]) -> dict[str, Any]:
+def _group(tasks: list[TaskObs], regions: dict[str, str | None], names: dict[str, str],
+           executors: list[str]) -> dict[str, Any]:
     states = Counter(t.state for t in tasks)
     lat = [t.latency_ms for t in tasks if t.state == "completed" and t.latency_ms is not None]
     rejected_by = Counter(v for t in tasks if t.state == "rejected" for v in (t.violations or ["other"]))
@@ -69,13 +70,14 @@ def _group(tasks: list[TaskObs], regions: dict[str, str | None], names: dict[str
         "cancelled": states["cancelled"],
         "errors": states["error"],
         "lost": sum(1 for t in tasks if t.state in ADMITTED and t.state not in FINAL),
+        "placed_again": sum(1 for t in tasks if t.attempts),
         "latency_p50_ms": _r(percentile(lat, 50)), "latency_p99_ms": _r(percentile(lat, 99)),
         "adjusted_priority": prios.most_common(1)[0][0] if prios else None,
         "rejected_by": dict(rejected_by),
         "remedy": remedies[0] if remedies else None,
         "reason": reasons[0] if reasons else None,
         "by_region": _by(ran, lambda t: regions.get(t.executor) or "none", regions_all=set(regions.values())),
-        "by_node": dict(Counter(names.get(t.executor, t.executor) for t in ran)),
+        "by_node": {**{n: 0 for n in executors}, **Counter(names.get(t.executor, t.executor) for t in ran)},
     }
 
 
@@ -90,7 +92,8 @@ def tasks_figures(obs: Observations) -> dict[str, Any]:
     tasks = list(obs.tasks.values())
     regions = {n["did"]: n["region"] for n in obs.nodes}
     names = {n["did"]: n["name"] for n in obs.nodes}
-    out = _group(tasks, regions, names)
+    executors = [n["name"] for n in obs.nodes if "executor" in n["roles"]]
+    out = _group(tasks, regions, names, executors)
     done = [t for t in tasks if t.state == "completed" and t.t_final_ns]
     if done:
         first = min(t.t_submit_ns for t in tasks)
@@ -106,8 +109,8 @@ def tasks_figures(obs: Observations) -> dict[str, Any]:
     for t in tasks:
         by_member.setdefault(t.member, []).append(t)
         by_label.setdefault(t.label, []).append(t)
-    out["by_member"] = {m: _group(ts, regions, names) for m, ts in by_member.items()}
-    out["by_label"] = {m: _group(ts, regions, names) for m, ts in by_label.items()}
+    out["by_member"] = {m: _group(ts, regions, names, executors) for m, ts in by_member.items()}
+    out["by_label"] = {m: _group(ts, regions, names, executors) for m, ts in by_label.items()}
     out["lost_ids"] = sorted(t.task_id for t in tasks if t.state in ADMITTED and t.state not in FINAL)[:50]
     return out
 

@@ -169,7 +169,7 @@ class Narrator:
             self.console.print()
             self.console.print(table)
         for c in d["convergence"]:
-            if c["after"] == "last task":
+            if c["after"] != "heal":
                 self.on_converged(c)
 
     def summary(self, report: dict[str, Any], out: Path) -> None:

@@ -61,8 +61,18 @@ class NodeGroup(_M):
     trust: float | None = Field(default=None, ge=0, le=1)  # how much the others trust these nodes
     concurrency: int | None = Field(default=None, ge=1, le=256)
     coops: list[str] | None = None  # default: every coop
-    mesh: dict[str, Any] = Field(default_factory=dict)
-    compute: dict[str, Any] = Field(default_factory=dict)
+    mesh: dict[str, Any] = Field(default_factory=dict)  # NodeConfig.mesh fields
+    compute: dict[str, Any] = Field(default_factory=dict)  # NodeConfig.compute fields
+    config: dict[str, Any] = Field(default_factory=dict)  # other NodeConfig fields (offer_window_ms, ...)
+
+    @field_validator("config")
+    @classmethod
+    def _not_managed(cls, v: dict[str, Any]) -> dict[str, Any]:
+        managed = {"key_file", "data_dir", "listen", "bootstrap", "roles", "coops", "region", "capabilities"}
+        bad = sorted(set(v) & managed)
+        if bad:
+            raise ValueError(f"{bad} are set by the simulator (use the group's own fields)")
+        return v
 
 
 class Coop(_M):
