@@ -430,13 +430,13 @@ class Simulation:
         self.narrate("partition", {"groups": [[self.sc.node_name(i) for i in g] for g in groups]})
 
     async def _heal(self) -> None:
+        t = now_ns()
         for a, b in self.partitions:
             for side, other in ((a, b), (b, a)):
                 peers = [self._peer(j) for j in other]
                 for i in side:
                     await self._call_quiet(i, "unblock", {"peers": peers})
         self.partitions.clear()
-        t = now_ns()
         self.narrate("heal", {})
         coops = [c.id for c in self.sc.coops]
         ms, equal = await self._converge(coops, t, timeout=30.0)
