@@ -1,15 +1,18 @@
-"""Direct conversations between two peers over one libp2p stream.
+"""Direct notes between two peers over one long-lived libp2p stream per peer.
 
-Offers, claims and results go straight to the peer they concern instead of
-through GossipSub: one hop on an already-open, Noise-authenticated connection
-instead of several mesh hops with validation at each, and nobody else needs to
-see them. A conversation is a sequence of length-prefixed frames, each a
-signed envelope; the signer must be the peer at the other end of the stream,
-so a relay cannot speak for someone else.
+Offers, claims, answers and results go straight to the peer they concern
+instead of through GossipSub: one hop on an already-open, Noise-authenticated
+connection instead of several mesh hops with validation at each, and nobody
+else needs to see them. Each note is a length-prefixed signed envelope whose
+signer must be the peer at the other end of the stream, so a relay cannot
+speak for someone else.
 
-Handlers are registered per first message type. A handler gets the opening
-envelope and the conversation, and may keep the conversation open (a claim
-stays open until its result is sent).
+Notes to a peer share one outgoing stream, opened on first use and reopened
+if it breaks: opening a stream costs a protocol negotiation (round trips
+through Noise and Yamux in Python), which under load took longer than an
+offer window. The receiving side reads notes from each stream until it
+closes and hands each to the handler registered for its type; a handler
+must return quickly (start a task for anything long).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ DEFAULT_FRAME_LIMIT = 16 * 1024 * 1024  # a claim carries the WebAssembly module
 
 
 class ConversationError(Exception):
-    """The conversation cannot go on: closed, timed out, or a bad frame."""
+    """A note that cannot be sent or read: closed, timed out, or a bad frame."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -42,7 +45,7 @@ class ConversationError(Exception):
 
 
 class Conversation:
-    """Signed frames in both directions on one stream."""
+    """Signed frames on one stream, with the DID of the peer at the other end."""
 
     def __init__(self, stream: Any, sealer: Sealer, peer_did: str, *, frame_limit: int) -> None:
         self.stream = stream
@@ -50,34 +53,26 @@ class Conversation:
         self.peer_did = peer_did
         self.frame_limit = frame_limit
         self._limits = Limits(max_bytes=frame_limit, max_depth=32, max_items=100_000)
-        self._send_lock = trio.Lock()
 
     async def send(self, type: str, payload: Any) -> None:
         data = self.sealer.seal(type, payload)
         if len(data) > self.frame_limit:
             raise ConversationError("too_large", f"{len(data)} bytes")
-        async with self._send_lock:
-            try:
-                await self.stream.write(struct.pack(">I", len(data)) + data)
-            except Exception as exc:
-                raise ConversationError("closed", repr(exc)) from None
+        try:
+            await self.stream.write(struct.pack(">I", len(data)) + data)
+        except Exception as exc:
+            raise ConversationError("closed", repr(exc)) from None
 
-    async def recv(self, timeout: float | None = None) -> Envelope:
-        with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
-            header = await self._read_exactly(4)
-            (length,) = struct.unpack(">I", header)
-            if length > self.frame_limit:
-                raise ConversationError("too_large", f"frame of {length} bytes")
-            data = await self._read_exactly(length)
-        if scope.cancelled_caught:
-            raise ConversationError("timeout", f"no frame from {self.peer_did} in {timeout}s")
+    async def recv(self) -> Envelope:
+        (length,) = struct.unpack(">I", await self._read_exactly(4))
+        if length > self.frame_limit:
+            raise ConversationError("too_large", f"frame of {length} bytes")
+        data = await self._read_exactly(length)
         try:
             env = open_envelope(data, limits=self._limits)
         except WireError as exc:
-            metrics.MESSAGES_DROPPED.labels("direct", exc.reason.value).inc()
             raise ConversationError(exc.reason.value, exc.detail) from None
         if env.signer != self.peer_did:
-            metrics.MESSAGES_DROPPED.labels("direct", "bad_signer").inc()
             raise ConversationError("bad_signer", f"frame signed by {env.signer}, stream from {self.peer_did}")
         return env
 
@@ -93,44 +88,54 @@ class Conversation:
             buf += chunk
         return bytes(buf)
 
-    async def close(self) -> None:
+    async def close(self, *, reset: bool = False) -> None:
         with trio.move_on_after(1.0) as scope:
             scope.shield = True
             try:
-                await self.stream.close()
-            except Exception:
-                pass
-
-    async def reset(self) -> None:
-        with trio.move_on_after(1.0) as scope:
-            scope.shield = True
-            try:
-                await self.stream.reset()
+                await (self.stream.reset() if reset else self.stream.close())
             except Exception:
                 pass
 
 
-ConversationHandler = Callable[[Envelope, Conversation], Awaitable[None]]
+NoteHandler = Callable[[Envelope, Conversation], Awaitable[None]]
 
 
 class DirectChannel:
-    """Opens conversations with peers and dispatches the ones they open."""
+    """Sends notes to peers and dispatches the notes they send."""
 
     def __init__(self, host: Any, sealer: Sealer, *, protocol: str = PROTOCOL_ID,
-                 frame_limit: int = DEFAULT_FRAME_LIMIT, first_frame_timeout: float = 5.0) -> None:
+                 frame_limit: int = DEFAULT_FRAME_LIMIT) -> None:
         self.host = host
         self.sealer = sealer
         self.protocol = protocol
         self.frame_limit = frame_limit
-        self.first_frame_timeout = first_frame_timeout
-        self._handlers: dict[str, ConversationHandler] = {}
+        self._handlers: dict[str, NoteHandler] = {}
+        self._outboxes: dict[Any, Conversation] = {}
+        self._locks: dict[Any, trio.Lock] = {}
         host.libp2p.set_stream_handler(protocol, self._serve)
 
-    def handle(self, type: str, handler: ConversationHandler) -> None:
+    def handle(self, type: str, handler: NoteHandler) -> None:
         self._handlers[type] = handler
 
-    async def open(self, peer_id: Any, *, timeout: float = 5.0) -> Conversation:
-        """A new conversation with a connected peer."""
+    async def notify(self, peer_id: Any, type: str, payload: Any, *, timeout: float = 5.0) -> None:
+        """Send one note on this peer's shared stream (opened once, reopened once if it broke)."""
+        lock = self._locks.setdefault(peer_id, trio.Lock())
+        async with lock:
+            for attempt in (0, 1):
+                conv = self._outboxes.get(peer_id)
+                if conv is None:
+                    conv = await self._open(peer_id, timeout)
+                    self._outboxes[peer_id] = conv
+                try:
+                    await conv.send(type, payload)
+                    return
+                except ConversationError:
+                    self._outboxes.pop(peer_id, None)
+                    await conv.close(reset=True)
+                    if attempt:
+                        raise
+
+    async def _open(self, peer_id: Any, timeout: float) -> Conversation:
         with trio.move_on_after(timeout) as scope:
             try:
                 stream = await self.host.libp2p.new_stream(peer_id, [self.protocol])
@@ -147,16 +152,22 @@ class DirectChannel:
             return
         conv = Conversation(stream, self.sealer, did_for_peer(peer), frame_limit=self.frame_limit)
         try:
-            env = await conv.recv(self.first_frame_timeout)
-            handler = self._handlers.get(env.type)
-            if handler is None:
-                metrics.MESSAGES_DROPPED.labels("direct", "unknown_type").inc()
-                log.info("event=direct_dropped peer=%s reason=unknown_type type=%s", short(peer), env.type)
-                return
-            await handler(env, conv)
+            while True:
+                env = await conv.recv()
+                handler = self._handlers.get(env.type)
+                if handler is None:
+                    metrics.MESSAGES_DROPPED.labels("direct", "unknown_type").inc()
+                    log.info("event=direct_dropped peer=%s reason=unknown_type type=%s", short(peer), env.type)
+                    continue
+                try:
+                    await handler(env, conv)
+                except Exception as exc:  # a handler bug must not end the peer's stream
+                    log.exception("event=direct_handler_crashed peer=%s type=%s error=%r", short(peer),
+                                  env.type, exc)
         except ConversationError as exc:
-            log.info("event=direct_failed peer=%s reason=%s detail=%s", short(peer), exc.reason, exc.detail)
-        except Exception as exc:  # a handler bug must not take the node down
-            log.exception("event=direct_handler_crashed peer=%s error=%r", short(peer), exc)
+            if exc.reason != "closed":
+                metrics.MESSAGES_DROPPED.labels("direct", exc.reason).inc()
+                log.info("event=direct_stream_dropped peer=%s reason=%s detail=%s", short(peer), exc.reason,
+                         exc.detail)
         finally:
             await conv.close()

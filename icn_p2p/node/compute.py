@@ -128,11 +128,24 @@ class _Pending:
     deadline_ms: int
     submitted_at: float
     offers_send: trio.MemorySendChannel | None = None
-    window: OfferWindow | None = None
+    offers_recv: trio.MemoryReceiveChannel | None = None
+    offer_arrived: trio.Event = field(default_factory=trio.Event)
     cancel: trio.CancelScope | None = None
     cancelled: bool = False
     executor_peer: Any = None
     done: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
+class _ClaimWaiter:
+    """The answers an executor sends for one claim, in order."""
+
+    executor: str
+    send: trio.MemorySendChannel = field(init=False)
+    receive: trio.MemoryReceiveChannel = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel(4)
 
 
 @dataclass
@@ -177,6 +190,7 @@ class ComputeService:
         self._pending: dict[str, _Pending] = {}
         self._running: dict[str, _Running] = {}
         self._published: dict[str, int] = {}
+        self._claims: dict[str, _ClaimWaiter] = {}
         self._records: dict[str, TaskRecord] = {}
         self._decisions: dict[str, PlacementDecision] = {}
         self.events: list[dict[str, Any]] = []
@@ -186,6 +200,8 @@ class ComputeService:
         self.direct.handle(OFFER, self._on_offer)
         self.direct.handle(CLAIM, self._on_claim)
         self.direct.handle(CANCEL, self._on_cancel)
+        for answer in (ACCEPT, REFUSE, RESULT):
+            self.direct.handle(answer, self._on_answer)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -299,9 +315,10 @@ class ComputeService:
                               detail={"adjusted_priority": decision.adjusted_priority.value})
         await self._save(record)
         deadline = task.deadline_ms or (now + self.settings.default_deadline_ms)
+        send, receive = trio.open_memory_channel(256)
         pending = _Pending(task=task, module=module, constraints=decision.constraints,
                            adjusted=decision.adjusted_priority, deadline_ms=deadline,
-                           submitted_at=time.perf_counter())
+                           submitted_at=time.perf_counter(), offers_send=send, offers_recv=receive)
         self._pending[task.id] = pending
         self._nursery.start_soon(self._drive, pending)
         return record
@@ -390,8 +407,12 @@ class ComputeService:
                     if not decision.placed:
                         await self._move(task.id, TaskState.WAITING, "no feasible executor yet",
                                          waiting_for=decision.waiting_for)
-                        await trio.sleep(backoff / 1000)
-                        backoff = min(backoff * 2, self.settings.reannounce_max_ms)
+                        # Offers that arrive late are kept; one arriving ends the wait early.
+                        pending.offer_arrived = trio.Event()
+                        with trio.move_on_after(backoff / 1000) as waited:
+                            await pending.offer_arrived.wait()
+                        if waited.cancelled_caught:
+                            backoff = min(backoff * 2, self.settings.reannounce_max_ms)
                         continue
                     backoff = self.settings.reannounce_ms
                     outcome = await self._claim_and_run(pending, decision, excluded)
@@ -431,31 +452,32 @@ class ComputeService:
         window = OfferWindow.open(task.id, now_ms=now, want=self.settings.want_offers,
                                   window_ms=self.node.config.offer_window_ms,
                                   feasible=lambda o: o.did not in excluded and feasible(o))
-        send, receive = trio.open_memory_channel(256)
-        pending.window, pending.offers_send = window, send
+        receive = pending.offers_recv
         started = time.perf_counter()
-        await self.node.publish(TOPIC_COMPUTE, ANNOUNCE, {
-            "task": task.model_dump(mode="json"),
-            "adjusted_priority": pending.adjusted.value,
-            "constraints": pending.constraints.model_dump(mode="json"),
-            "policy_hash": self._records[task.id].policy_hash,
-            "submitter_node": self.node.did,
-            "submitter_addrs": self.node.listen_addrs(),
-            "exclude": list(excluded),
-            "deadline_ms": pending.deadline_ms,
-        })
-        if "executor" in self.roles and self.node.did not in excluded:
-            local = self._offer_for(task, pending.constraints, list(excluded))
-            if local is not None:
-                await send.send(local)
-        with trio.move_on_at(_deadline_trio(window.deadline_ms)):
-            if not window.closed(now_ms()):
-                async for offer in receive:
-                    window.add(offer, now_ms())
-                    if window.closed(now_ms()):
-                        break
+        while True:  # offers kept from earlier windows count first
+            try:
+                window.add(receive.receive_nowait(), now_ms())
+            except trio.WouldBlock:
+                break
+        if not window.closed(now_ms()):
+            await self.node.publish(TOPIC_COMPUTE, ANNOUNCE, {
+                "task": task.model_dump(mode="json"),
+                "adjusted_priority": pending.adjusted.value,
+                "constraints": pending.constraints.model_dump(mode="json"),
+                "policy_hash": self._records[task.id].policy_hash,
+                "submitter_node": self.node.did,
+                "submitter_addrs": self.node.listen_addrs(),
+                "exclude": list(excluded),
+                "deadline_ms": pending.deadline_ms,
+            })
+            if "executor" in self.roles and self.node.did not in excluded:
+                local = self._offer_for(task, pending.constraints, list(excluded))
+                if local is not None:
+                    window.add(local, now_ms())
+            with trio.move_on_at(_deadline_trio(window.deadline_ms)):
+                while not window.closed(now_ms()):
+                    window.add(await receive.receive(), now_ms())
         offers = list(window.offers)
-        pending.window, pending.offers_send = None, None
         rtt_offers = [o.with_rtt(self._rtt_for(o.did)) for o in offers]
         decision = place(task, pending.constraints, rtt_offers, trust=self.trust,
                          min_trust=self.node.config.trust.min_trust, now_ms=now_ms())
@@ -506,7 +528,12 @@ class ComputeService:
         return last_reason
 
     async def _run_on(self, pending: _Pending, did: str) -> str | None:
-        """Claim on one executor; None when the task ended, else why the executor refused."""
+        """Claim on one executor; None when the task ended, else why the executor refused.
+
+        The claim, the executor's answer and the result are notes on the peers'
+        shared streams, matched by task id. An executor that disconnects, or
+        does not answer in time, raises ``ConversationError`` (placed again).
+        """
         task = pending.task
         claim = {
             "task": task.model_dump(mode="json"), "module": pending.module,
@@ -517,23 +544,34 @@ class ComputeService:
         if did == self.node.did:
             return await self._run_local(pending, claim)
         peer = self.node.host.peer_for_did(did)
-        conv = await self.direct.open(peer)
+        waiter = _ClaimWaiter(executor=did)
+        self._claims[task.id] = waiter
         pending.executor_peer = peer
         try:
-            await conv.send(CLAIM, claim)
-            reply = await conv.recv(timeout=5.0)
+            await self.direct.notify(peer, CLAIM, claim)
+            reply = await self._await_note(waiter, peer, timeout=self.settings.claim_timeout_ms / 1000)
             if reply.type == REFUSE:
                 return f"executor {did} refused: {reply.payload.get('reason')}"
-            if reply.type != ACCEPT:
+            if reply.type == ACCEPT:
+                await self._move(task.id, TaskState.RUNNING, f"running on {did}")
+                budget = max(0.1, (pending.deadline_ms - now_ms() + self.settings.result_grace_ms) / 1000)
+                reply = await self._await_note(waiter, peer, timeout=budget)
+            if reply.type != RESULT:
                 raise ConversationError("bad_reply", reply.type)
-            await self._move(task.id, TaskState.RUNNING, f"running on {did}")
-            budget = max(0.1, (pending.deadline_ms - now_ms() + self.settings.result_grace_ms) / 1000)
-            result = await conv.recv(timeout=budget)
-            if result.type != RESULT:
-                raise ConversationError("bad_reply", result.type)
-            return await self._settle(pending, did, result.payload)
+            return await self._settle(pending, did, reply.payload)
         finally:
-            await conv.close()
+            self._claims.pop(task.id, None)
+
+    async def _await_note(self, waiter: "_ClaimWaiter", peer: Any, *, timeout: float):
+        """The executor's next note for this claim; fails if it times out or disconnects."""
+        with trio.move_on_after(timeout) as scope:
+            while True:
+                with trio.move_on_after(0.25):
+                    return await waiter.receive.receive()
+                if not self.node.host.is_connected(peer):
+                    raise ConversationError("disconnected", f"executor {waiter.executor} left the mesh")
+        assert scope.cancelled_caught
+        raise ConversationError("timeout", f"no answer from {waiter.executor} in {timeout:.1f}s")
 
     async def _run_local(self, pending: _Pending, claim: dict) -> str | None:
         task = pending.task
@@ -595,11 +633,7 @@ class ComputeService:
 
     async def _send_cancel(self, peer, task_id: str) -> None:
         try:
-            conv = await self.direct.open(peer, timeout=2.0)
-            try:
-                await conv.send(CANCEL, {"task_id": task_id})
-            finally:
-                await conv.close()
+            await self.direct.notify(peer, CANCEL, {"task_id": task_id}, timeout=2.0)
         except ConversationError as exc:
             log.info("event=cancel_not_delivered task=%s reason=%s", task_id, exc.reason)
 
@@ -647,11 +681,7 @@ class ComputeService:
                         break
                     except ConnectionError:
                         continue
-            conv = await self.direct.open(peer, timeout=2.0)
-            try:
-                await conv.send(OFFER, offer.model_dump(mode="json"))
-            finally:
-                await conv.close()
+            await self.direct.notify(peer, OFFER, offer.model_dump(mode="json"), timeout=2.0)
         except (ConversationError, ValueError) as exc:
             log.info("event=offer_not_delivered task=%s reason=%r", offer.task_id, exc)
 
@@ -667,13 +697,14 @@ class ComputeService:
             log.info("event=offer_dropped reason=foreign_offer peer=%s offer_for=%s", conv.peer_did, offer.did)
             return
         pending = self._pending.get(offer.task_id)
-        if pending is None or pending.offers_send is None:
-            return  # late: the window closed
+        if pending is None:
+            return  # the task is placed or finished
         OFFERS.labels("received").inc()
         try:
             pending.offers_send.send_nowait(offer)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+            return
+        pending.offer_arrived.set()
 
     def _claim_refusal(self, task_id: str, claim: dict) -> str | None:
         if "executor" not in self.roles:
@@ -692,27 +723,52 @@ class ComputeService:
         return None
 
     async def _on_claim(self, env, conv: Conversation) -> None:
-        claim = env.payload
+        """A claim note: answer with accept or refuse, then run and send the result."""
+        self._nursery.start_soon(self._serve_claim, env.payload, conv.peer_did)
+
+    async def _serve_claim(self, claim: Any, submitter: str) -> None:
+        peer = self.node.host.peer_for_did(submitter)
         try:
-            task = ComputeTask.model_validate(claim["task"])
-        except (ValidationError, KeyError, TypeError) as exc:
-            CLAIMS.labels("bad_schema").inc()
-            await conv.send(REFUSE, {"reason": f"bad_schema: {exc}"[:500]})
+            try:
+                task = ComputeTask.model_validate(claim["task"])
+            except (ValidationError, KeyError, TypeError) as exc:
+                CLAIMS.labels("bad_schema").inc()
+                task_id = claim.get("task", {}).get("id") if isinstance(claim, dict) else None
+                if isinstance(task_id, str):
+                    await self.direct.notify(peer, REFUSE, {"task_id": task_id, "reason": f"bad_schema: {exc}"[:500]})
+                return
+            refusal = self._claim_refusal(task.id, claim)
+            if refusal is not None:
+                CLAIMS.labels(refusal.split(":")[0]).inc()
+                await self.direct.notify(peer, REFUSE, {"task_id": task.id, "reason": refusal})
+                return
+            self._running[task.id] = _Running(submitter=submitter)
+            await self.direct.notify(peer, ACCEPT, {"task_id": task.id})
+            try:
+                payload = await self._execute(claim, submitter)
+            except ConversationError as exc:
+                await self.direct.notify(peer, REFUSE, {"task_id": task.id, "reason": exc.reason})
+                return
+            await self.direct.notify(peer, RESULT, payload)
+        except ConversationError as exc:
+            log.info("event=claim_answer_lost submitter=%s reason=%s", submitter, exc.reason)
+
+    async def _on_answer(self, env, conv: Conversation) -> None:
+        """Accept, refuse or result from an executor, for a claim this node made."""
+        task_id = env.payload.get("task_id") if isinstance(env.payload, dict) else None
+        waiter = self._claims.get(task_id) if isinstance(task_id, str) else None
+        if waiter is None or waiter.executor != conv.peer_did:
+            metrics.MESSAGES_DROPPED.labels("direct", "unexpected_answer").inc()
             return
-        refusal = self._claim_refusal(task.id, claim)
-        if refusal is not None:
-            CLAIMS.labels(refusal.split(":")[0]).inc()
-            await conv.send(REFUSE, {"task_id": task.id, "reason": refusal})
-            return
-        await conv.send(ACCEPT, {"task_id": task.id})
-        payload = await self._execute(claim, conv.peer_did)
-        await conv.send(RESULT, payload)
+        try:
+            waiter.send.send_nowait(env)
+        except trio.WouldBlock:
+            metrics.MESSAGES_DROPPED.labels("direct", "unexpected_answer").inc()
 
     async def _execute(self, claim: dict, submitter_node: str) -> dict[str, Any]:
         """Run a claimed task here; record our usage; return the result payload."""
         task = ComputeTask.model_validate(claim["task"])
-        running = _Running(submitter=submitter_node)
-        self._running[task.id] = running
+        running = self._running.setdefault(task.id, _Running(submitter=submitter_node))
         try:
             module = claim.get("module")
             if not isinstance(module, bytes):
