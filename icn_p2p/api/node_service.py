@@ -72,6 +72,14 @@ class NodeBackedService:
     # --- policy -----------------------------------------------------------------------
 
     async def policy_set(self, p: s.PolicySetParams) -> s.PolicySetResult:
+        if p.policy is not None and p.policy.governance_domain is not None:
+            raise ServiceError(
+                "governed_coop",
+                f"coop {p.policy.coop_id} is governed by domain {p.policy.governance_domain}: its policy changes "
+                "by proposal and approvals (icnctl policy propose); policy set takes policies without a "
+                "governance_domain (development sandboxes)",
+                {"domain": p.policy.governance_domain},
+            )
         if p.policy is not None:
             coop = p.policy.coop_id
             head = (await self._blocking(self.node.policy_heads)).get(coop)
@@ -359,10 +367,13 @@ class NodeBackedService:
                 did = host.did_for_peer(pid)
             except Exception:
                 did = None
+            view = self.node.peer_views.views.get(did) if did else None
             peers.append(s.PeerInfo(
                 peer_id=b58, did=did,
                 addrs=[a if "/p2p/" in a else f"{a}/p2p/{b58}" for a in addrs],
                 rtt_ms=host.rtt_ms(pid),
+                coops=list(view.coops) if view else [],
+                policy_versions=dict(view.versions) if view else {},
             ))
         return s.MeshPeersResult(peers=peers)
 

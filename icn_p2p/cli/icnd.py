@@ -152,19 +152,28 @@ def init(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Node directory to create.", show_default=False)],
     rpc_port: Annotated[int, typer.Option("--rpc-port", min=0, max=65535, help="JSON-RPC port.")] = DEFAULT_RPC_PORT,
     p2p_port: Annotated[int, typer.Option("--p2p-port", min=0, max=65535, help="libp2p TCP port.")] = DEFAULT_P2P_PORT,
-    p2p_host: Annotated[str, typer.Option("--p2p-host", help="libp2p listen IPv4 address.")] = "0.0.0.0",
+    p2p_host: Annotated[str, typer.Option("--p2p-host", help="libp2p listen IPv4 address.")] = "127.0.0.1",
     bootstrap: Annotated[Optional[list[str]], typer.Option(
         "--bootstrap", help="Peer multiaddr ending in /p2p/<peer id> (repeatable).")] = None,
     region: Annotated[Optional[str], typer.Option("--region", help="Region this node executes in.")] = None,
     capability: Annotated[Optional[list[str]], typer.Option(
         "--capability", help="Advertised capability name=version (repeatable).")] = None,
     coop: Annotated[Optional[list[str]], typer.Option("--coop", help="Coop this node serves (repeatable).")] = None,
+    join: Annotated[Optional[list[Path]], typer.Option(
+        "--join", help="Directory of another node on this machine to bootstrap from (repeatable).")] = None,
 ) -> None:
     """Create DIR with a new key, an API token and a commented node.toml."""
     from icn_p2p.identity.keys import write_key_file
 
+    bootstrap = list(bootstrap or [])
+    for other in join or []:
+        try:
+            bootstrap.extend(node_addresses(other))
+        except ValueError as e:
+            _err(str(e))
+            raise typer.Exit(EXIT_ERROR)
     caps = _parse_capabilities(capability or [])
-    text = render_config(rpc_port=rpc_port, p2p_host=p2p_host, p2p_port=p2p_port, bootstrap=list(bootstrap or []),
+    text = render_config(rpc_port=rpc_port, p2p_host=p2p_host, p2p_port=p2p_port, bootstrap=bootstrap,
                          region=region, capabilities=caps, coops=list(coop or []))
     problem = _check_config_text(text, directory)
     if problem:
@@ -182,10 +191,40 @@ def init(
     except OSError as e:
         _err(f"cannot create node in {directory}: {e.strerror or e}")
         raise typer.Exit(EXIT_ERROR)
+    from libp2p.peer.id import ID
+
+    peer_id = ID.from_pubkey(key.libp2p_key_pair().public_key).to_base58()
     print(f"node created in {directory}")
     print(f"  did: {key.did}")
+    print(f"  peer id: {peer_id}")
+    if p2p_port:
+        print(f"  address: /ip4/{p2p_host}/tcp/{p2p_port}/p2p/{peer_id}")
     print(f"  config: {directory / CONFIG_FILE_NAME}")
     print(f"next: icnd run --config {directory / CONFIG_FILE_NAME}")
+
+
+def node_addresses(directory: Path) -> list[str]:
+    """Dialable addresses of the node initialised in ``directory`` (from its config and key)."""
+    from libp2p.peer.id import ID
+
+    from icn_p2p.identity.keys import IdentityError, load_key_file
+    from icn_p2p.node.config import ConfigError, NodeConfig
+
+    try:
+        config = NodeConfig.from_toml(directory / CONFIG_FILE_NAME)
+        key = load_key_file(config.key_file)
+    except (ConfigError, IdentityError) as e:
+        raise ValueError(f"--join {directory}: {e}") from None
+    peer_id = ID.from_pubkey(key.libp2p_key_pair().public_key).to_base58()
+    out = []
+    for addr in config.listen:
+        if addr.endswith("/tcp/0"):
+            continue  # a port chosen at start cannot be known in advance
+        out.append(addr.replace("/ip4/0.0.0.0/", "/ip4/127.0.0.1/") + f"/p2p/{peer_id}")
+    if not out:
+        raise ValueError(f"--join {directory}: that node listens on a port chosen at start; "
+                         "use --bootstrap with the address `icnctl node info` shows")
+    return out
 
 
 def _check_config_text(text: str, directory: Path) -> Optional[str]:

@@ -47,7 +47,7 @@ from icn_p2p.core.receipt import Outcome, Receipt
 from icn_p2p.core.task import Capacity, ComputeTask, ExecutorInfo
 from icn_p2p.executor import ExecutionRequest, Executor, ExecutorQueue, verify_receipt
 from icn_p2p.executor.queue import QueueFull
-from icn_p2p.net.direct import Conversation, ConversationError, DirectChannel
+from icn_p2p.net.direct import Conversation, ConversationError
 from icn_p2p.net.gossip import TOPIC_COMPUTE, Delivery, usage_topic
 from icn_p2p.policy.admission import evaluate, explain, record_decision_metrics
 from icn_p2p.policy.filtering import check_executor
@@ -186,7 +186,7 @@ class ComputeService:
         self.tracker: UsageTracker | None = None
         self.tasks: TaskStore | None = None
         self.credits: CreditLedger | None = None
-        self.direct = DirectChannel(node.host, node.sealer)
+        self.direct = node.direct
         self._pending: dict[str, _Pending] = {}
         self._running: dict[str, _Running] = {}
         self._published: dict[str, int] = {}

@@ -23,6 +23,7 @@ import trio
 
 from icn_p2p.core.policy import CoopSchedulingPolicy
 from icn_p2p.identity.keys import NodeKey, load_or_create_key_file
+from icn_p2p.net.direct import DirectChannel
 from icn_p2p.net.gossip import TOPIC_POLICY, Delivery, Gossip, GossipSettings, Handler, usage_topic
 from icn_p2p.net.host import HostSettings, MeshHost
 from icn_p2p.net.penalties import PenaltySettings
@@ -31,6 +32,7 @@ from icn_p2p.net.validation import EnvelopeValidator, MessageTypes, SchemaHook
 from icn_p2p.node.compute import ComputeService
 from icn_p2p.node.config import NodeConfig
 from icn_p2p.node.governance import GovernanceService
+from icn_p2p.node.peer_views import PeerViews
 from icn_p2p.node.sources import (
     POLICY_ACT,
     USAGE_ENTRY,
@@ -89,8 +91,10 @@ class Node:
                          limiter=self.db_limiter, on_invalid=self.gossip.penalize)
         self.gossip.handle(POLICY_ACT, self._on_policy_act)
         self.gossip.handle(USAGE_ENTRY, self._on_usage_entry)
+        self.direct = DirectChannel(self.host, self.sealer)
         self.compute = ComputeService(self, config.compute)
         self.governance = GovernanceService(self)
+        self.peer_views = PeerViews(self)
         self._nursery: trio.Nursery | None = None
         self._cm = None
         self._stopped = trio.Event()
@@ -176,6 +180,7 @@ class Node:
                 await nursery.start(self.sync.run)
                 await nursery.start(self.host.run)
                 await nursery.start(self.compute.run)
+                nursery.start_soon(self.peer_views.run)
                 nursery.start_soon(self._maintenance)
                 log.info("event=node_started did=%s addrs=%s coops=%s", self.did,
                          self.listen_addrs(), self.config.coops)

@@ -88,6 +88,13 @@ async def test_node_info_peers_and_health(mesh):
     r = await api.http.get(api.url + "/healthz")
     assert r.status_code == 200 and r.json() == {"ok": True, "did": a.did, "peers": 1}
 
+    # The peer tells us what it holds: its coops, then the policy version once it has it.
+    await b.set_local_policy(policy_doc())
+    with trio.fail_after(10):
+        while (await api.ok("mesh.peers"))["peers"][0]["policy_versions"] != {COOP: 1}:
+            await trio.sleep(0.05)
+    assert (await api.ok("mesh.peers"))["peers"][0]["coops"] == [COOP]
+
 
 async def test_policy_lifecycle_through_the_api_reaches_the_peer(mesh):
     cluster, api = mesh
