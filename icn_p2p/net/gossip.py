@@ -47,19 +47,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
-import libp2p.pubsub.pubsub as _pubsub_module
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as MESHSUB_10
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_11
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12 as MESHSUB_12
-from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 
 from icn_p2p.metrics import GOSSIP_MESSAGES_IN, GOSSIP_MESSAGES_OUT, MESH_SIZE, MESSAGES_DROPPED
+from icn_p2p.net import libp2p_tuning
 from icn_p2p.net.host import MeshHost
+from icn_p2p.net.libp2p_tuning import TunedGossipSub
 from icn_p2p.net.peers import did_for_peer, short
 from icn_p2p.net.penalties import QUEUE_FULL, RATE_LIMITED, PenaltyBook, PenaltySettings, RateBudget
 from icn_p2p.net.validation import EnvelopeValidator, Rejected
@@ -73,8 +72,8 @@ TOPIC_EXECUTORS = "icn/executors/1"
 USAGE_TOPIC_PREFIX = "icn/usage/1/"
 USAGE_TOPIC_FAMILY = "icn/usage/1/*"
 
-SUBSCRIPTION_QUEUE = 4096
-OUTBOUND_QUEUE = 1024
+SUBSCRIPTION_QUEUE = libp2p_tuning.SUBSCRIPTION_QUEUE
+OUTBOUND_QUEUE = libp2p_tuning.OUTBOUND_QUEUE
 
 
 def usage_topic(coop_id: str) -> str:
@@ -100,14 +99,6 @@ def gossip_message_id(msg: rpc_pb2.Message) -> bytes:
         return hashlib.sha256(b"raw\0" + msg.data).digest()
 
 
-class _LargeRpcQueue(RpcQueue):
-    def __init__(self, max_size: int = OUTBOUND_QUEUE, max_message_size: int | None = None) -> None:
-        if max_message_size is None:
-            super().__init__(max_size)
-        else:
-            super().__init__(max_size, max_message_size)
-
-
 class _NoValidationCache:
     """Replaces the library's validation-result cache (see the module docstring)."""
 
@@ -122,10 +113,8 @@ class _NoValidationCache:
 
 
 def tune_libp2p() -> None:
-    """Raise py-libp2p's silent-drop queue sizes (module globals read at call time)."""
-    _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = max(_pubsub_module.SUBSCRIPTION_CHANNEL_SIZE,
-                                                   SUBSCRIPTION_QUEUE)
-    _pubsub_module.RpcQueue = _LargeRpcQueue
+    """Install our py-libp2p overrides (see :mod:`icn_p2p.net.libp2p_tuning`)."""
+    libp2p_tuning.apply()
 
 
 @dataclass
@@ -185,7 +174,7 @@ class Gossip:
         self.validator = validator
         self.settings = s = settings or GossipSettings()
         protocols = [MESHSUB_12, MESHSUB_11, MESHSUB_10] if s.meshsub_12 else [MESHSUB_11, MESHSUB_10]
-        self.router = GossipSub(
+        self.router = TunedGossipSub(
             protocols=protocols,
             degree=s.degree,
             degree_low=s.degree_low,
