@@ -21,7 +21,7 @@ from pydantic_core import PydanticCustomError
 from icn_p2p.core.decision import PolicyDecision
 from icn_p2p.core.enums import EnforcementMode, ScopeLevel, TaskPriority
 from icn_p2p.core.policy import CoopSchedulingPolicy, MemberQuota
-from icn_p2p.core.task import DEFAULT_FUEL_LIMIT, LocalityHints, ResourceProfile
+from icn_p2p.core.task import DEFAULT_FUEL_LIMIT, LocalityHints, ResourceProfile, looks_like_module
 from icn_p2p.core.usage import MemberUsage
 
 Name = Annotated[str, Field(min_length=1, max_length=512)]
@@ -326,20 +326,12 @@ class ComputeSubmitParams(Params):
             raise ValueError("module must be standard base64") from None
         if len(raw) > MAX_MODULE_BYTES:
             raise ValueError(f"module is {len(raw)} bytes, more than the {MAX_MODULE_BYTES} allowed")
-        if raw[:4] != b"\0asm" and not _looks_like_wat(raw):
+        if not looks_like_module(raw):
             raise ValueError("module is neither a WebAssembly binary (\\0asm header) nor WAT text ((module ...))")
         return v
 
     def module_bytes(self) -> bytes:
         return base64.b64decode(self.module)
-
-
-def _looks_like_wat(raw: bytes) -> bool:
-    try:
-        text = raw.decode("utf-8").lstrip()
-    except UnicodeDecodeError:
-        return False
-    return text.startswith("(module")
 
 
 class ComputeSubmitResult(Result):

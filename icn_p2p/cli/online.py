@@ -476,7 +476,9 @@ def compute_submit(
         module = wasm.read_bytes()
     except OSError as e:
         fail(f"{wasm}: cannot be read: {e.strerror or e}", as_json=as_json)
-    if module[:4] != b"\0asm" and not module.lstrip().startswith(b"(module"):
+    from icn_p2p.core.task import looks_like_module
+
+    if not looks_like_module(module):
         fail(f"{wasm}: neither a WebAssembly binary nor WAT text", as_json=as_json)
     result = call(
         ctx, as_json, "compute.submit", coop_id=coop_id, module=base64.b64encode(module).decode(),

@@ -93,5 +93,25 @@ class ExecutorInfo(_Model):
         return v
 
 
+def looks_like_module(raw: bytes) -> bool:
+    """A WebAssembly binary (``\\0asm``) or WAT text (``(module``, after blank lines and ``;;`` comments).
+
+    A cheap check at the edges, so a user who sends the wrong file hears it at
+    once; the sandbox still validates the module fully before running it.
+    """
+    if raw[:4] == b"\0asm":
+        return True
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(";;"):
+            continue
+        return line.startswith("(module")
+    return False
+
+
 def task_from_json_dict(data: Any) -> ComputeTask:
     return ComputeTask.model_validate(data)

@@ -1,0 +1,4 @@
+;; spin() never returns: fuel or the wall-clock limit stops it.
+(module
+  (func (export "spin")
+    (loop $forever (br $forever))))
