@@ -58,7 +58,7 @@ def test_two_nodes_get_different_keys_and_tokens(tmp_path):
     assert (tmp_path / "a" / "node.key").read_text() != (tmp_path / "b" / "node.key").read_text()
     assert read_token(tmp_path / "a") != read_token(tmp_path / "b")
     data = tomllib.loads((tmp_path / "a" / "node.toml").read_text())
-    assert "region" not in data and data["rpc_port"] == 7711 and data["listen"] == ["/ip4/0.0.0.0/tcp/4001"]
+    assert "region" not in data and data["rpc_port"] == 7711 and data["listen"] == ["/ip4/127.0.0.1/tcp/4001"]
 
 
 def test_init_refuses_to_overwrite_a_node(tmp_path):
@@ -129,3 +129,17 @@ def test_example_configs_load(name):
     config = config_mod.NodeConfig.from_toml(path)
     assert config.rpc_host == "127.0.0.1" and config.key_file.name == "node.key"
     assert config.coops
+
+
+def test_init_join_bootstraps_from_a_node_on_this_machine(tmp_path):
+    assert invoke("init", tmp_path / "a", "--p2p-port", "4101").exit_code == 0
+    r = invoke("init", tmp_path / "b", "--p2p-port", "4102", "--join", tmp_path / "a")
+    assert r.exit_code == 0, r.stderr
+    data = tomllib.loads((tmp_path / "b" / "node.toml").read_text())
+    assert len(data["bootstrap"]) == 1 and data["bootstrap"][0].startswith("/ip4/127.0.0.1/tcp/4101/p2p/12D3KooW")
+    assert "peer id: 12D3KooW" in r.stdout
+    assert invoke("init", tmp_path / "c", "--p2p-port", "0").exit_code == 0
+    r = invoke("init", tmp_path / "d", "--join", tmp_path / "c")
+    assert r.exit_code == 1 and "port chosen at start" in r.stderr
+    r = invoke("init", tmp_path / "e", "--join", tmp_path / "missing")
+    assert r.exit_code == 1 and "--join" in r.stderr
