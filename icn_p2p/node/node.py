@@ -100,6 +100,8 @@ class Node:
         self._stopped = trio.Event()
         self.started = trio.Event()
         self.policy_updates = 0
+        # Acts received by gossip wait here for the store writer (see _on_policy_act).
+        self._acts_send, self._acts_recv = trio.open_memory_channel(10_000)
 
     # --- plug-in seam ----------------------------------------------------------
 
@@ -182,6 +184,7 @@ class Node:
                 await nursery.start(self.compute.run)
                 nursery.start_soon(self.peer_views.run)
                 nursery.start_soon(self._maintenance)
+                nursery.start_soon(self._policy_writer)
                 log.info("event=node_started did=%s addrs=%s coops=%s", self.did,
                          self.listen_addrs(), self.config.coops)
                 self.started.set()
@@ -226,11 +229,32 @@ class Node:
     # --- policies ----------------------------------------------------------------
 
     async def _on_policy_act(self, delivery: Delivery) -> None:
-        result = await self.blocking(self.policy_store.apply_act, delivery.envelope.payload, now_ms())
-        if result.accepted:
-            self.policy_updates += 1
-        log.debug("event=policy_act_received accepted=%s reason=%s act=%s",
-                  result.accepted, result.reason, result.act_id)
+        """Hand the act to the store writer: gossip delivery never waits on SQLite.
+
+        (An act still queued when the node stops is not lost for good: sync
+        pulls it again from a neighbour.)
+        """
+        await self._acts_send.send(delivery.envelope.payload)
+
+    async def _policy_writer(self) -> None:
+        """Apply received acts in batches: one worker-thread call for all that are waiting."""
+        async for act in self._acts_recv:
+            batch = [act]
+            while len(batch) < 256:
+                try:
+                    batch.append(self._acts_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            results = await self.blocking(self._apply_acts, batch)
+            for result in results:
+                if result.accepted:
+                    self.policy_updates += 1
+                log.debug("event=policy_act_received accepted=%s reason=%s act=%s",
+                          result.accepted, result.reason, result.act_id)
+
+    def _apply_acts(self, acts: list) -> list[ApplyResult]:
+        now = now_ms()
+        return [self.policy_store.apply_act(act, now) for act in acts]
 
     async def apply_and_publish_act(self, act: PolicyAct | dict) -> ApplyResult:
         """Apply an act locally; when accepted, gossip it (sync repairs any loss)."""
