@@ -39,6 +39,25 @@ class FakeClock:
         self._now = ms
 
 
+class OffsetClock:
+    """The system clock shifted by an offset that can only grow.
+
+    Simulations share one between their nodes to jump ahead (a month, for the
+    monthly reset) while time keeps flowing, so deadlines and timeouts behave.
+    """
+
+    def __init__(self, offset_ms: int = 0) -> None:
+        self.offset_ms = offset_ms
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000 + self.offset_ms
+
+    def advance(self, ms: int) -> None:
+        if ms < 0:
+            raise ValueError("a clock does not go backwards")
+        self.offset_ms += ms
+
+
 def utc_datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 

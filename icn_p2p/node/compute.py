@@ -41,6 +41,7 @@ import trio
 from pydantic import ValidationError
 
 from icn_p2p import metrics
+from icn_p2p.core.clock import month_key
 from icn_p2p.core.decision import PlacementConstraints
 from icn_p2p.core.enums import ScopeLevel, TaskPriority
 from icn_p2p.core.receipt import Outcome, Receipt
@@ -83,6 +84,8 @@ ACCEPT = "compute.accept"
 REFUSE = "compute.refuse"
 RESULT = "compute.result"
 CANCEL = "compute.cancel"
+PROBE = "compute.probe"
+PROGRESS = "compute.progress"
 
 TASKS_BY_STATE = metrics.Counter(
     "icn_tasks_transitions", "Task lifecycle transitions on this node, by state entered",
@@ -103,10 +106,6 @@ OFFERS = metrics.Counter(
 CLAIMS = metrics.Counter(
     "icn_claims", "Claims handled on the executor side, by outcome", ["outcome"], registry=metrics.REGISTRY,
 )
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class SubmitError(Exception):
@@ -141,11 +140,12 @@ class _ClaimWaiter:
     """The answers an executor sends for one claim, in order."""
 
     executor: str
+    task_id: str
     send: trio.MemorySendChannel = field(init=False)
     receive: trio.MemoryReceiveChannel = field(init=False)
 
     def __post_init__(self) -> None:
-        self.send, self.receive = trio.open_memory_channel(4)
+        self.send, self.receive = trio.open_memory_channel(16)
 
 
 @dataclass
@@ -182,7 +182,7 @@ class ComputeService:
         self.queue = ExecutorQueue(self.settings.concurrency, max_queued=self.settings.max_queued)
         self.executor = Executor(node.key, self.queue,
                                  memory_limit_bytes=self.settings.memory_limit_mb * 1024 * 1024,
-                                 wall_ms=self.settings.wall_ms)
+                                 wall_ms=self.settings.wall_ms, clock=node.clock)
         self.tracker: UsageTracker | None = None
         self.tasks: TaskStore | None = None
         self.credits: CreditLedger | None = None
@@ -200,7 +200,8 @@ class ComputeService:
         self.direct.handle(OFFER, self._on_offer)
         self.direct.handle(CLAIM, self._on_claim)
         self.direct.handle(CANCEL, self._on_cancel)
-        for answer in (ACCEPT, REFUSE, RESULT):
+        self.direct.handle(PROBE, self._on_probe)
+        for answer in (ACCEPT, REFUSE, RESULT, PROGRESS):
             self.direct.handle(answer, self._on_answer)
 
     # --- lifecycle -----------------------------------------------------------------
@@ -209,7 +210,7 @@ class ComputeService:
         """Blocking: open the task and credit stores (called in a worker thread)."""
         self.tracker = UsageTracker(self.node.usage_store)
         self.tasks = TaskStore(data_dir / "tasks.db")
-        self.credits = CreditLedger(data_dir / "credits.db")
+        self.credits = CreditLedger(data_dir / "credits.db", clock=self.node.clock)
 
     def close_stores(self) -> None:
         for store in (self.tasks, self.credits):
@@ -257,7 +258,7 @@ class ComputeService:
         """Admit (or reject) ``task`` and start placing it; returns the record."""
         if "submitter" not in self.roles:
             raise SubmitError("not_a_submitter", "this node does not take submissions (roles)")
-        now = at_ms if at_ms is not None else now_ms()
+        now = at_ms if at_ms is not None else self.node.now_ms()
         if task.module_hash is not None and task.module_hash != module_hash(module):
             raise SubmitError("module_hash_mismatch", "module_hash does not match the module bytes")
         if task.module_hash is None:
@@ -400,7 +401,7 @@ class ComputeService:
         attempts = 0
         backoff = self.settings.reannounce_ms
         try:
-            with trio.CancelScope(deadline=_deadline_trio(pending.deadline_ms)) as scope:
+            with trio.CancelScope(deadline=_deadline_trio(pending.deadline_ms, self.node.now_ms())) as scope:
                 pending.cancel = scope
                 while attempts < self.settings.max_attempts:
                     decision = await self._collect_and_place(pending, excluded)
@@ -446,7 +447,7 @@ class ComputeService:
 
     async def _collect_and_place(self, pending: _Pending, excluded: list[str]) -> PlacementDecision:
         task = pending.task
-        now = now_ms()
+        now = self.node.now_ms()
         feasible = feasibility_check(task, pending.constraints, trust=self.trust,
                                      min_trust=self.node.config.trust.min_trust, now_ms=now)
         window = OfferWindow.open(task.id, now_ms=now, want=self.settings.want_offers,
@@ -456,10 +457,10 @@ class ComputeService:
         started = time.perf_counter()
         while True:  # offers kept from earlier windows count first
             try:
-                window.add(receive.receive_nowait(), now_ms())
+                window.add(receive.receive_nowait(), self.node.now_ms())
             except trio.WouldBlock:
                 break
-        if not window.closed(now_ms()):
+        if not window.closed(self.node.now_ms()):
             await self.node.publish(TOPIC_COMPUTE, ANNOUNCE, {
                 "task": task.model_dump(mode="json"),
                 "adjusted_priority": pending.adjusted.value,
@@ -473,14 +474,14 @@ class ComputeService:
             if "executor" in self.roles and self.node.did not in excluded:
                 local = self._offer_for(task, pending.constraints, list(excluded))
                 if local is not None:
-                    window.add(local, now_ms())
-            with trio.move_on_at(_deadline_trio(window.deadline_ms)):
-                while not window.closed(now_ms()):
-                    window.add(await receive.receive(), now_ms())
+                    window.add(local, self.node.now_ms())
+            with trio.move_on_at(_deadline_trio(window.deadline_ms, self.node.now_ms())):
+                while not window.closed(self.node.now_ms()):
+                    window.add(await receive.receive(), self.node.now_ms())
         offers = list(window.offers)
         rtt_offers = [o.with_rtt(self._rtt_for(o.did)) for o in offers]
         decision = place(task, pending.constraints, rtt_offers, trust=self.trust,
-                         min_trust=self.node.config.trust.min_trust, now_ms=now_ms())
+                         min_trust=self.node.config.trust.min_trust, now_ms=self.node.now_ms())
         PLACEMENT_SECONDS.observe(time.perf_counter() - started)
         if not decision.placed and not offers:
             decision = decision.model_copy(update={"waiting_for": [
@@ -511,7 +512,7 @@ class ComputeService:
             try:
                 outcome = await self._run_on(pending, did)
             except ConversationError as exc:
-                self.trust.record_failure(did, now_ms())
+                self.trust.record_failure(did, self.node.now_ms())
                 excluded.append(did)
                 last_reason = f"executor {did} failed: {exc.reason} {exc.detail}".strip()
                 log.info("event=executor_lost task=%s executor=%s reason=%s", task.id, did, exc.reason)
@@ -544,7 +545,7 @@ class ComputeService:
         if did == self.node.did:
             return await self._run_local(pending, claim)
         peer = self.node.host.peer_for_did(did)
-        waiter = _ClaimWaiter(executor=did)
+        waiter = _ClaimWaiter(executor=did, task_id=task.id)
         self._claims[task.id] = waiter
         pending.executor_peer = peer
         try:
@@ -554,22 +555,44 @@ class ComputeService:
                 return f"executor {did} refused: {reply.payload.get('reason')}"
             if reply.type == ACCEPT:
                 await self._move(task.id, TaskState.RUNNING, f"running on {did}")
-                budget = max(0.1, (pending.deadline_ms - now_ms() + self.settings.result_grace_ms) / 1000)
-                reply = await self._await_note(waiter, peer, timeout=budget)
+                budget = max(0.1, (pending.deadline_ms - self.node.now_ms() + self.settings.result_grace_ms) / 1000)
+                reply = await self._await_note(waiter, peer, timeout=budget, probe=True)
             if reply.type != RESULT:
                 raise ConversationError("bad_reply", reply.type)
             return await self._settle(pending, did, reply.payload)
         finally:
             self._claims.pop(task.id, None)
 
-    async def _await_note(self, waiter: "_ClaimWaiter", peer: Any, *, timeout: float):
-        """The executor's next note for this claim; fails if it times out or disconnects."""
+    async def _await_note(self, waiter: "_ClaimWaiter", peer: Any, *, timeout: float, probe: bool = False):
+        """The executor's next answer for this claim.
+
+        Fails when it times out, when the executor disconnects, or (``probe``)
+        when the executor stops vouching for the task: a restarted executor
+        reconnects under the same peer id but no longer knows the task, so the
+        connection alone cannot tell.
+        """
+        interval = self.settings.probe_interval_ms / 1000
+        unanswered = 0
         with trio.move_on_after(timeout) as scope:
             while True:
-                with trio.move_on_after(0.25):
-                    return await waiter.receive.receive()
+                with trio.move_on_after(interval):
+                    note = await waiter.receive.receive()
+                    if note.type != PROGRESS:
+                        return note
+                    if note.payload.get("state") != "running":
+                        raise ConversationError("lost", f"executor {waiter.executor} no longer runs the task")
+                    unanswered = 0
+                    continue
                 if not self.node.host.is_connected(peer):
                     raise ConversationError("disconnected", f"executor {waiter.executor} left the mesh")
+                if probe:
+                    if unanswered >= self.settings.probe_misses:
+                        raise ConversationError("lost", f"executor {waiter.executor} stopped answering")
+                    unanswered += 1
+                    try:
+                        await self.direct.notify(peer, PROBE, {"task_id": waiter.task_id}, timeout=interval)
+                    except ConversationError:
+                        pass
         assert scope.cancelled_caught
         raise ConversationError("timeout", f"no answer from {waiter.executor} in {timeout:.1f}s")
 
@@ -596,7 +619,9 @@ class ComputeService:
         result = {"values": payload.get("values", []), "outcome": receipt.outcome.value,
                   "error": payload.get("error")}
         if receipt.outcome is Outcome.COMPLETED:
-            self.trust.record_success(did, now_ms())
+            self.trust.record_success(did, self.node.now_ms())
+            await self.node.blocking(self.tracker.task_completed, task.coop_id, task.submitter, task.id,
+                                     self.node.now_ms())
             await self._settle_credits(task, receipt)
             await self._finish(record, TaskState.COMPLETED, None, result=result,
                                receipt=_jsonable(receipt.to_wire()), executor=did)
@@ -624,8 +649,8 @@ class ComputeService:
             charged = self.credits.settle(task.id, cost)
             store = self.node.usage_store
             with store.batch():
-                month = _month_now()
-                if store.mark_processed(task.coop_id, "spend", task.id, month, now_ms()):
+                month = month_key(self.node.now_ms())
+                if store.mark_processed(task.coop_id, "spend", task.id, month, self.node.now_ms()):
                     store.increment(task.coop_id, task.submitter, month=month, credits_spent=charged)
 
         await self.node.blocking(settle)
@@ -652,7 +677,7 @@ class ComputeService:
         if self.queue.queue_depth >= self.settings.max_queued:
             return None
         OFFERS.labels("made").inc()
-        return Offer(task_id=task.id, executor=info, rtt_ms=None, offered_at_ms=now_ms())
+        return Offer(task_id=task.id, executor=info, rtt_ms=None, offered_at_ms=self.node.now_ms())
 
     async def _on_announce(self, delivery: Delivery) -> None:
         p = delivery.envelope.payload
@@ -801,12 +826,28 @@ class ComputeService:
 
         def record() -> None:
             self.tracker.record_execution(task.coop_id, task.submitter, task.id, receipt.cpu_ms,
-                                          receipt.fuel_used, executor_did=self.node.did)
+                                          receipt.fuel_used, executor_did=self.node.did, count_task=False)
             if earned:
                 self.tracker.credit_earned(task.coop_id, self.node.did, earned, f"earn:{task.id}")
 
         await self.node.blocking(record)
         await self._publish_own_usage(task.coop_id)
+
+    async def _on_probe(self, env, conv: Conversation) -> None:
+        """Does this executor still run the task? (Answered from memory: a restart forgets.)"""
+        task_id = env.payload.get("task_id") if isinstance(env.payload, dict) else None
+        if not isinstance(task_id, str):
+            return
+        running = self._running.get(task_id)
+        state = "running" if running is not None and running.submitter == conv.peer_did else "unknown"
+        self._nursery.start_soon(self._answer_probe, conv.peer_did, task_id, state)
+
+    async def _answer_probe(self, submitter: str, task_id: str, state: str) -> None:
+        try:
+            await self.direct.notify(self.node.host.peer_for_did(submitter), PROGRESS,
+                                     {"task_id": task_id, "state": state}, timeout=2.0)
+        except ConversationError:
+            pass
 
     async def _on_cancel(self, env, conv: Conversation) -> None:
         task_id = env.payload.get("task_id") if isinstance(env.payload, dict) else None
@@ -849,12 +890,12 @@ class ComputeService:
         if record.state is state and state is TaskState.WAITING:
             await self._move_quiet(task_id, reason=reason, **changes)
             return
-        await self._save(record.moved(state, now_ms(), reason=reason, **changes))
+        await self._save(record.moved(state, self.node.now_ms(), reason=reason, **changes))
 
     async def _move_quiet(self, task_id: str, **changes: Any) -> None:
         """Update fields without a state transition (placement details, waiting reasons)."""
         record = self._records[task_id]
-        updated = record.model_copy(update={**changes, "updated_at_ms": now_ms()})
+        updated = record.model_copy(update={**changes, "updated_at_ms": self.node.now_ms()})
         self._records[task_id] = updated
         await self.node.blocking(self.tasks.save, updated)
 
@@ -863,11 +904,11 @@ class ComputeService:
         record = self._records.get(record.task_id, record)
         if record.state.final:
             return
-        await self._save(record.moved(state, now_ms(), reason=reason, **changes))
+        await self._save(record.moved(state, self.node.now_ms(), reason=reason, **changes))
         task = ComputeTask.model_validate(record.task)
 
         def release() -> None:
-            self.tracker.task_released(task.coop_id, task.submitter, task.id, now_ms())
+            self.tracker.task_released(task.coop_id, task.submitter, task.id, self.node.now_ms())
             if task.scope == ScopeLevel.COMMONS:
                 reservation = self.credits.get(task.id)
                 if reservation is not None and reservation.state == "reserved":
@@ -882,7 +923,7 @@ class ComputeService:
         log.info("event=task_finished task=%s state=%s reason=%r", task.id, state.value, reason)
 
     def _emit(self, kind: str, **fields: Any) -> None:
-        event = {"event": kind, "at_ms": now_ms(), **fields}
+        event = {"event": kind, "at_ms": self.node.now_ms(), **fields}
         self.events.append(event)
         del self.events[:-1000]
 
@@ -902,15 +943,9 @@ def describe_constraints(c: PlacementConstraints, excluded: list[str]) -> str:
     return ", ".join(parts) or "any executor serving the coop"
 
 
-def _deadline_trio(deadline_ms: int) -> float:
-    """Convert a wall-clock deadline (ms since epoch) to a trio clock deadline."""
-    return trio.current_time() + max(0.0, (deadline_ms - now_ms()) / 1000)
-
-
-def _month_now() -> str:
-    from icn_p2p.core.clock import month_key
-
-    return month_key(now_ms())
+def _deadline_trio(deadline_ms: int, now: int) -> float:
+    """Convert a deadline on the node's clock (ms since epoch) to a trio clock deadline."""
+    return trio.current_time() + max(0.0, (deadline_ms - now) / 1000)
 
 
 def _jsonable(value: Any) -> Any:

@@ -72,8 +72,9 @@ class DomainSource:
     item_type = DOMAIN
     topic = TOPIC_POLICY
 
-    def __init__(self, store: PolicyStore) -> None:
+    def __init__(self, store: PolicyStore, *, clock_ms=None) -> None:
         self.store = store
+        self.clock_ms = clock_ms or now_ms
 
     def scopes(self) -> list[str]:
         return [""]
@@ -98,7 +99,7 @@ class DomainSource:
     def ingest(self, scope: str, items: list[Any]) -> int:
         accepted = 0
         for item in items:
-            results = self.store.import_domain(item, now_ms())
+            results = self.store.import_domain(item, self.clock_ms())
             accepted += sum(1 for r in results if r.accepted)
         return accepted
 
@@ -118,13 +119,13 @@ class GovernanceService:
         return self.node.policy_store
 
     def register_sync(self) -> None:
-        self.node.sync.register(DomainSource(self.store))
+        self.node.sync.register(DomainSource(self.store, clock_ms=self.node.now_ms))
 
     # --- domains --------------------------------------------------------------------
 
     async def found_domain(self, genesis: DomainGenesis | dict[str, Any]) -> ApplyResult:
         """Apply a (fully signed) genesis here and spread the domain."""
-        result = await self.node.blocking(self.store.apply_genesis, genesis, now_ms())
+        result = await self.node.blocking(self.store.apply_genesis, genesis, self.node.now_ms())
         name = genesis.name if isinstance(genesis, DomainGenesis) else genesis.get("name")
         self._log("domain_genesis", result, domain=name)
         if result.accepted:
@@ -137,7 +138,7 @@ class GovernanceService:
             await self.node.publish(TOPIC_POLICY, DOMAIN, export)
 
     async def _on_domain(self, delivery: Delivery) -> None:
-        results = await self.node.blocking(self.store.import_domain, delivery.envelope.payload, now_ms())
+        results = await self.node.blocking(self.store.import_domain, delivery.envelope.payload, self.node.now_ms())
         for result in results:
             if not result.accepted and result.reason not in ("replayed", "accepted"):
                 self._log("domain_import", result, signer=delivery.envelope.signer)
@@ -155,7 +156,7 @@ class GovernanceService:
         body = policy.to_icn_dict() if isinstance(policy, CoopSchedulingPolicy) else dict(policy)
         coop = body.get("coop_id")
         domain = body.get("governance_domain")
-        now = now_ms()
+        now = self.node.now_ms()
 
         def build() -> PolicyProposal:
             head = self.store.heads().get(coop)
@@ -173,7 +174,7 @@ class GovernanceService:
 
     async def rollback(self, coop_id: str, to_version: int, *, reason: str = "") -> tuple[ApplyResult, PolicyProposal]:
         """Propose a new version whose body is ``to_version``'s (approved like any other act)."""
-        now = now_ms()
+        now = self.node.now_ms()
         proposal = await self.node.blocking(lambda: make_rollback_proposal(
             self.store, coop_id, to_version, key=self.node.key, created_at_ms=now,
             expires_at_ms=now + DEFAULT_PROPOSAL_TTL_MS, reason=reason or f"roll back to version {to_version}"))
@@ -185,7 +186,7 @@ class GovernanceService:
 
     async def _submit(self, act: PolicyAct | dict[str, Any]) -> ApplyResult:
         wire = act.to_wire() if isinstance(act, PolicyAct) else act
-        result = await self.node.blocking(self.store.apply_act, wire, now_ms())
+        result = await self.node.blocking(self.store.apply_act, wire, self.node.now_ms())
         self._log("policy_act", result)
         if result.accepted or result.reason == "pending":
             await self.node.publish(TOPIC_POLICY, POLICY_ACT, wire)
@@ -193,8 +194,8 @@ class GovernanceService:
 
     async def approve(self, proposal_id: str) -> ApplyResult | None:
         """Vote for a proposal with this node's key, here and on the mesh."""
-        approval = Approval.sign(self.node.key, proposal_id, now_ms())
-        result = await self.node.blocking(self.store.add_approval, approval, now_ms())
+        approval = Approval.sign(self.node.key, proposal_id, self.node.now_ms())
+        result = await self.node.blocking(self.store.add_approval, approval, self.node.now_ms())
         if result is not None:
             self._log("approval", result)
         if result is None or result.accepted or result.reason == "pending":
@@ -202,7 +203,7 @@ class GovernanceService:
         return result
 
     async def _on_approval(self, delivery: Delivery) -> None:
-        result = await self.node.blocking(self.store.add_approval, delivery.envelope.payload, now_ms())
+        result = await self.node.blocking(self.store.add_approval, delivery.envelope.payload, self.node.now_ms())
         if result is not None and not result.accepted and result.reason not in ("replayed", "pending"):
             self._log("approval", result, signer=delivery.envelope.signer)
 

@@ -154,6 +154,7 @@ async def start_nodes(
     coops: list[str] | None = None,
     wait_mesh: bool = True,
     per_node: list[dict[str, Any]] | None = None,
+    clock: Any = None,
     **config: Any,
 ) -> AsyncIterator[Cluster]:
     """Start ``n`` nodes in this process, linked in ``topology``; stop them all on exit.
@@ -165,7 +166,7 @@ async def start_nodes(
                for i in range(n)]
     edges = topology_edges(n, topology, degree=degree, seed=seed)
     async with trio.open_nursery() as nursery:
-        cluster = Cluster([Node(c) for c in configs], edges, nursery)
+        cluster = Cluster([Node(c, clock=clock) for c in configs], edges, nursery)
         try:
             async with trio.open_nursery() as starter:
                 for node in cluster.nodes:

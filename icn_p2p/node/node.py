@@ -15,12 +15,12 @@ stores are closed last.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from icn_p2p.core.clock import Clock, SystemClock
 from icn_p2p.core.policy import CoopSchedulingPolicy
 from icn_p2p.identity.keys import NodeKey, load_or_create_key_file
 from icn_p2p.net.direct import DirectChannel
@@ -50,15 +50,14 @@ from icn_p2p.wire import FloorStore, Limits, ReplayGuard, Sealer
 log = logging.getLogger(__name__)
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Node:
     """A running icn-p2p node (see the module docstring)."""
 
-    def __init__(self, config: NodeConfig, *, key: NodeKey | None = None) -> None:
+    def __init__(self, config: NodeConfig, *, key: NodeKey | None = None, clock: Clock | None = None) -> None:
         self.config = config
+        #: Every time this node reads: admission, usage months, envelopes, receipts.
+        self.clock = clock or SystemClock()
+        self.now_ms = self.clock.now_ms
         self.key = key or load_or_create_key_file(config.key_file)
         self.did = self.key.did
         self.db_limiter = trio.CapacityLimiter(4)
@@ -66,7 +65,7 @@ class Node:
         self.types = MessageTypes()
         self.types.register(POLICY_ACT, TOPIC_POLICY, policy_act_schema)
         self.types.register(USAGE_ENTRY, "icn/usage/1/*", usage_entry_schema)
-        self.sealer = Sealer(self.key)
+        self.sealer = Sealer(self.key, clock=self.clock)
         self.host = MeshHost(self.key, HostSettings(
             listen=list(config.listen),
             bootstrap=list(config.bootstrap),
@@ -80,7 +79,7 @@ class Node:
         self.floor_store: FloorStore | None = None
         self.replay: ReplayGuard | None = None
         self.limits = Limits(max_bytes=m.max_message_bytes)
-        self.validator = EnvelopeValidator(self.types, None, limits=self.limits)
+        self.validator = EnvelopeValidator(self.types, None, limits=self.limits, clock_ms=self.now_ms)
         self.gossip = Gossip(self.host, self.validator, GossipSettings(
             degree=m.gossip_degree, degree_low=m.gossip_degree_low, degree_high=m.gossip_degree_high,
             heartbeat_s=m.heartbeat_s, rate_per_s=m.rate_per_s, rate_burst=m.rate_burst,
@@ -147,7 +146,7 @@ class Node:
         self.validator.replay = self.replay
         self.policy_store = PolicyStore(data / "policy.db", pinned=self.config.pinned_domains,
                                         coop_domains=self.config.coop_domains, local_did=self.did)
-        self.usage_store = UsageStore(data / "usage.db", self.key)
+        self.usage_store = UsageStore(data / "usage.db", self.key, clock=self.clock)
         self.compute.open_stores(data)
 
     def _close_stores(self) -> None:
@@ -169,7 +168,7 @@ class Node:
         await self.blocking(self._open_stores)
         assert self.policy_store is not None and self.usage_store is not None
         self.governance.register_sync()  # domains before the acts judged under them
-        self.sync.register(PolicySource(self.policy_store))
+        self.sync.register(PolicySource(self.policy_store, clock_ms=self.now_ms))
         self.sync.register(UsageSource(self.usage_store, self.config.coops))
         await self.gossip.subscribe(TOPIC_POLICY)
         for coop in self.config.coops:
@@ -222,7 +221,7 @@ class Node:
             try:
                 await self.blocking(self._flush_floors)
                 if self.replay is not None:
-                    self.replay.prune(now_ms())
+                    self.replay.prune(self.now_ms())
             except Exception as exc:
                 log.warning("event=floor_flush_failed error=%r", exc)
 
@@ -253,13 +252,13 @@ class Node:
                           result.accepted, result.reason, result.act_id)
 
     def _apply_acts(self, acts: list) -> list[ApplyResult]:
-        now = now_ms()
+        now = self.now_ms()
         return [self.policy_store.apply_act(act, now) for act in acts]
 
     async def apply_and_publish_act(self, act: PolicyAct | dict) -> ApplyResult:
         """Apply an act locally; when accepted, gossip it (sync repairs any loss)."""
         wire = act.to_wire() if isinstance(act, PolicyAct) else act
-        result = await self.blocking(self.policy_store.apply_act, wire, now_ms())
+        result = await self.blocking(self.policy_store.apply_act, wire, self.now_ms())
         if result.accepted:
             await self.publish(TOPIC_POLICY, POLICY_ACT, wire)
         return result
@@ -271,14 +270,14 @@ class Node:
         head = self.policy_heads().get(coop)
         act = make_local_act(self.key, body, version=(head.version + 1) if head else 1,
                              parent_hash=head.policy_hash if head else None,
-                             created_at_ms=now_ms(), reason=reason)
+                             created_at_ms=self.now_ms(), reason=reason)
         return await self.apply_and_publish_act(act)
 
     def policy_heads(self) -> dict[str, Head]:
         return self.policy_store.heads() if self.policy_store else {}
 
     def current_policy(self, coop_id: str) -> PolicyVersion | None:
-        return self.policy_store.current(coop_id, now_ms()) if self.policy_store else None
+        return self.policy_store.current(coop_id, self.now_ms()) if self.policy_store else None
 
     # --- usage ---------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ nothing is decided on what a peer claims here.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +25,6 @@ log = logging.getLogger(__name__)
 
 HEADS = "mesh.heads"
 MAX_COOPS = 1024
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -84,4 +79,4 @@ class PeerViews:
         versions = p.get("versions") if isinstance(p.get("versions"), dict) else {}
         clean = {c: v for c, v in list(versions.items())[:MAX_COOPS]
                  if isinstance(c, str) and isinstance(v, int) and v >= 0}
-        self.views[conv.peer_did] = PeerView(coops=coops, versions=clean, at_ms=now_ms())
+        self.views[conv.peer_did] = PeerView(coops=coops, versions=clean, at_ms=self.node.now_ms())

@@ -54,8 +54,9 @@ class PolicySource:
     item_type = POLICY_ACT
     topic = TOPIC_POLICY
 
-    def __init__(self, store: PolicyStore) -> None:
+    def __init__(self, store: PolicyStore, *, clock_ms=None) -> None:
         self.store = store
+        self.clock_ms = clock_ms or now_ms
 
     def scopes(self) -> list[str]:
         return [POLICY_SCOPE]
@@ -85,7 +86,7 @@ class PolicySource:
 
     def ingest(self, scope: str, items: list[Any]) -> int:
         accepted = 0
-        now = now_ms()
+        now = self.clock_ms()
         for item in items:
             if self.store.apply_act(item, now).accepted:
                 accepted += 1

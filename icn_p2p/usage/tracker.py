@@ -6,6 +6,9 @@ counted once. Who records what, so the mesh counts each thing once:
 
 - ``record_execution``: the executor's node (its DID writes the entry). A call
   naming another executor records nothing: that node counts its own receipts.
+  It counts the resources a run consumed; the *task* is counted complete once,
+  by the submitter (``task_completed``), so a run whose executor vanished
+  before answering costs its CPU but does not count as a second completion.
 - ``task_claimed`` / ``task_released``: the node that claims a task is the node
   that releases it (at completion, failure or cancel). A release without a
   claim recorded here is ignored. The release is written to the claim's month,
@@ -47,8 +50,10 @@ class UsageTracker:
     def record_execution(
         self, coop_id: str, member: str, task_id: str, cpu_ms: int, fuel: int,
         credits_spent: int = 0, executor_did: str | None = None, now_ms: int | None = None,
+        *, count_task: bool = True,
     ) -> bool:
-        """Count one finished task; True when recorded now, False when already counted."""
+        """Count one run's resources (and the task, unless ``count_task`` is False);
+        True when recorded now, False when already counted."""
         cpu_ms, fuel = _count("cpu_ms", cpu_ms), _count("fuel", fuel)
         credits_spent = _count("credits_spent", credits_spent)
         if executor_did is not None and executor_did != self.store.did:
@@ -62,14 +67,26 @@ class UsageTracker:
                 log.debug("usage_receipt_duplicate task=%s", task_id)
                 return False
             self.store.increment(
-                coop_id, member, month=month, cpu_ms=cpu_ms, fuel=fuel, tasks_completed=1,
+                coop_id, member, month=month, cpu_ms=cpu_ms, fuel=fuel, tasks_completed=int(count_task),
                 credits_spent=credits_spent,
             )
         label = metrics.member_label(member)
-        metrics.MEMBER_TASKS_COMPLETED.labels(coop_id, label).inc()
+        if count_task:
+            metrics.MEMBER_TASKS_COMPLETED.labels(coop_id, label).inc()
         if credits_spent:
             metrics.MEMBER_CREDITS_SPENT.labels(coop_id, label).inc(credits_spent)
         self._gauge(coop_id, member, now)
+        return True
+
+    def task_completed(self, coop_id: str, member: str, task_id: str, now_ms: int | None = None) -> bool:
+        """Count a task as completed, once, on the node that saw its verified result."""
+        now = self._now(now_ms)
+        month = month_key(now)
+        with self.store.batch():
+            if not self.store.mark_processed(coop_id, "done", task_id, month, now):
+                return False
+            self.store.increment(coop_id, member, month=month, tasks_completed=1)
+        metrics.MEMBER_TASKS_COMPLETED.labels(coop_id, metrics.member_label(member)).inc()
         return True
 
     def task_claimed(self, coop_id: str, member: str, task_id: str, now_ms: int | None = None) -> bool:

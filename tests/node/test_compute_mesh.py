@@ -198,3 +198,33 @@ async def test_commons_task_spends_credits_earned_by_executing(tmp_path):
         res = a.compute.credits.get("t2")
         assert res.state == "settled" and res.settled_amount == 1  # a trivial run costs the minimum
         assert a.compute._credit_balance(COOP, rich) == 4 + (1 if done.executor == rich else 0)
+
+
+async def test_restarted_executor_that_forgot_the_task_is_detected_quickly(tmp_path):
+    from icn_p2p.node.harness import node_config
+
+    per_node = [{"roles": ["submitter"]}, {}, {}]
+    fast = {"probe_interval_ms": 200, "probe_misses": 2}
+    async with start_nodes(3, tmp_path, topology="full", coops=[COOP], per_node=per_node,
+                           compute=fast) as cluster:
+        a, first, second = cluster[0], cluster[1], cluster[2]
+        a.compute.trust.configure(first.did, 1.0)
+        a.compute.trust.configure(second.did, 0.1)
+        await a.set_local_policy(policy())
+        await wait_policy(cluster)
+        slow = '(module (func (export "work") (result i32) (local i32) (loop (local.set 0 (i32.add (local.get 0) (i32.const 1))) (br_if 0 (i32.lt_u (local.get 0) (i32.const 200000000)))) (local.get 0)))'
+        await a.compute.submit(task(1, entry="work", args=[], fuel_limit=10**11), slow.encode())
+        with trio.fail_after(5):
+            while (await a.compute.status("t1")).state is not TaskState.RUNNING:
+                await trio.sleep(0.01)
+        assert (await a.compute.status("t1")).executor == first.did
+        await cluster.stop_node(1)
+        # The same node comes back (same key, same peer id) knowing nothing of the task.
+        back = await cluster.add_node(node_config(tmp_path, 1, coops=[COOP], compute=fast))
+        await a.host.connect(back.listen_addrs()[0])
+        with trio.fail_after(5):
+            while (r := await a.compute.status("t1")).attempts < 1:
+                await trio.sleep(0.05)
+        assert first.did in r.excluded_executors
+        assert "no longer runs" in r.reason or "left the mesh" in r.reason or "stopped answering" in r.reason
+        await a.compute.cancel("t1")

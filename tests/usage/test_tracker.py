@@ -105,3 +105,19 @@ def test_metrics_follow_the_recordings(tracker):
         assert REGISTRY.get_sample_value("icn_member_cpu_hours", {"coop": "metric-coop", "member": "*"}) > 1.5
     finally:
         metrics.set_member_labels(True)
+
+
+def test_completion_counted_once_by_the_submitter_resources_by_each_run(tmp_path):
+    from icn_p2p.identity.keys import NodeKey
+    from icn_p2p.usage.store import UsageStore
+    from icn_p2p.usage.tracker import UsageTracker
+
+    store = UsageStore(tmp_path / "u.db", NodeKey.generate())
+    tracker = UsageTracker(store)
+    # Two runs of one task (the first executor vanished before answering): both cost CPU.
+    assert tracker.record_execution("c", "m", "t1", 100, 10, count_task=False)
+    assert tracker.task_completed("c", "m", "t1")
+    assert not tracker.task_completed("c", "m", "t1")
+    usage = tracker.get_usage("c", "m")
+    assert usage.tasks_completed_this_month == 1 and usage.fuel_this_month == 10
+    store.close()
