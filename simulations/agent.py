@@ -20,6 +20,7 @@ from typing import Any
 import trio
 from libp2p.peer.id import ID
 
+from icn_p2p.core.clock import OffsetClock
 from icn_p2p.core.task import ComputeTask
 from icn_p2p.net.gossip import TOPIC_COMPUTE, TOPIC_POLICY, Delivery, usage_topic
 from icn_p2p.node.compute import SubmitError
@@ -58,8 +59,9 @@ def record_view(r: TaskRecord) -> dict[str, Any]:
 class NodeAgent:
     """Operations on one running node (see the module docstring)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, clock: OffsetClock) -> None:
         self.node = node
+        self.clock = clock
         self.events: list[dict[str, Any]] = []
         self._seen: dict[str, int] = {}  # coop -> highest version already reported
         self._nursery: trio.Nursery | None = None
@@ -69,10 +71,16 @@ class NodeAgent:
     # --- running ------------------------------------------------------------------
 
     @classmethod
-    async def serve(cls, config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run a node and its agent until :meth:`stop`; ``task_status.started(agent)``."""
-        node = Node(config)
-        agent = cls(node)
+    async def serve(cls, config: NodeConfig, *, clock: OffsetClock | None = None,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run a node and its agent until :meth:`stop`; ``task_status.started(agent)``.
+
+        ``clock`` is the node's clock: in-process nodes share one, a child
+        process has its own (advanced by :meth:`op_advance_clock`).
+        """
+        clock = clock if clock is not None else OffsetClock()
+        node = Node(config, clock=clock)
+        agent = cls(node, clock)
         async with trio.open_nursery() as outer:
             await outer.start(node.run)
             try:
@@ -199,13 +207,31 @@ class NodeAgent:
             out[task_id] = None if record is None else record_view(record)
         return out
 
-    async def op_usage(self, coops: list[str] | None = None) -> dict[str, dict[str, Any]]:
-        """{coop: {member: counters}} as this node's merged view holds them now."""
+    async def op_usage(self, coops: list[str] | None = None, at_ms: int | None = None) -> dict[str, dict[str, Any]]:
+        """{coop: {member: counters}} as this node's merged view holds them now, for the
+        month holding ``at_ms`` on the node's clock (default: the current month)."""
         store = self.node.usage_store
         out: dict[str, dict[str, Any]] = {}
         for coop in coops if coops is not None else self.node.config.coops:
-            out[coop] = {m: usage_view(store.member_usage(coop, m)) for m in store.members(coop)}
+            out[coop] = {m: usage_view(store.member_usage(coop, m, now_ms=at_ms))
+                         for m in store.members(coop, now_ms=at_ms)}
         return out
+
+    async def op_clock(self) -> dict[str, Any]:
+        return {"now_ms": self.clock.now_ms(), "offset_ms": self.clock.offset_ms, "t_ns": now_ns()}
+
+    async def op_advance_clock(self, ms: int, at_ns: int | None = None) -> dict[str, Any]:
+        """Move this node's clock ``ms`` ahead, at wall time ``at_ns`` when given.
+
+        Envelopes carry timestamps checked against a skew bound, so every node
+        of a mesh must jump together: the simulator sends one ``at_ns`` to all
+        of them and each sleeps until that instant (one machine, one wall clock).
+        """
+        if at_ns is not None:
+            await trio.sleep(max(0.0, (at_ns - now_ns()) / 1e9))
+        t = now_ns()
+        self.clock.advance(int(ms))
+        return {"now_ms": self.clock.now_ms(), "offset_ms": self.clock.offset_ms, "t_ns": t}
 
     async def op_stats(self) -> dict[str, Any]:
         s = procstat.sample()

@@ -174,11 +174,18 @@ def parse_expression(text: str) -> Any:
 
 
 def lookup(figures: Any, path: str) -> Any:
-    """``a.b.c`` in nested dicts (a key may itself contain dots: the longest match wins)."""
+    """``a.b.c`` in nested dicts (a key may itself contain dots: the longest match wins);
+    a number picks an item of a list (``clock.advances.0.to_month``)."""
     parts = path.split(".")
     cur = figures
     i = 0
     while i < len(parts):
+        if isinstance(cur, list) and parts[i].isdigit():
+            if int(parts[i]) >= len(cur):
+                raise UnknownFigure(path)
+            cur = cur[int(parts[i])]
+            i += 1
+            continue
         if not isinstance(cur, dict):
             raise UnknownFigure(path)
         for j in range(len(parts), i, -1):

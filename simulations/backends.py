@@ -5,6 +5,11 @@ Both backends hand out :class:`Handle` objects with the same ``call(op, **args)`
 not know which one it drives. Killing differs and the report says so:
 in-process "kill" is a node stop (the process cannot SIGKILL a part of
 itself); with processes it is SIGKILL (or SIGTERM).
+
+Both keep the nodes on one simulated clock (system time plus an offset that
+only grows): in-process nodes share one :class:`OffsetClock`; each child
+process has its own, started at the current offset and advanced by all the
+children at one agreed wall-clock instant (:meth:`ProcessBackend.advance_clock`).
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from icn_p2p.core.clock import OffsetClock
 from icn_p2p.node.config import NodeConfig
 
 from . import procstat
@@ -77,13 +84,21 @@ class InProcessBackend:
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         self.handles: dict[int, Handle] = {}
+        self.clock = OffsetClock()  # every node reads this one
 
     async def _serve(self, index: int, config: NodeConfig, finished: trio.Event, *,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await NodeAgent.serve(config, task_status=task_status)
+            await NodeAgent.serve(config, clock=self.clock, task_status=task_status)
         finally:
             finished.set()
+
+    async def advance_clock(self, ms: int) -> dict[str, Any]:
+        """Every node at once (they share the clock)."""
+        t = time.time_ns()
+        self.clock.advance(ms)
+        live = sum(1 for h in self.handles.values() if h.alive)
+        return {"nodes": live, "spread_ms": 0.0, "t_ns": t, "offset_ms": self.clock.offset_ms}
 
     async def start(self, index: int, config: NodeConfig) -> Handle:
         finished = trio.Event()
@@ -191,6 +206,36 @@ class ProcessBackend:
         self.base = Path(base)
         self.handles: dict[int, Handle] = {}
         self._cpu_before: dict[int, float] = {}
+        self.offset_ms = 0  # the children's clock offset (a child started later starts here)
+
+    #: how far ahead the agreed instant is set: every request must reach its child first
+    ADVANCE_LEAD_S = 0.3
+
+    async def advance_clock(self, ms: int) -> dict[str, Any]:
+        """Move every live child's clock ``ms`` ahead at one wall-clock instant.
+
+        Envelopes carry timestamps checked against a skew bound (30 s), so a
+        node a month ahead of its neighbours would refuse their messages. Each
+        child gets the same instant, ``ADVANCE_LEAD_S`` from now, and sleeps
+        until it; the spread of the instants they actually moved at is returned.
+        """
+        at_ns = time.time_ns() + int(self.ADVANCE_LEAD_S * 1e9)
+        answers: list[dict[str, Any]] = []
+
+        async def one(h: Handle) -> None:
+            try:
+                answers.append(await h.call("advance_clock", ms=ms, at_ns=at_ns, timeout=10))
+            except (NodeGone, RuntimeError, trio.TooSlowError) as exc:
+                log.warning("event=advance_clock_failed node=%s error=%r", h.index, exc)
+
+        self.offset_ms += ms
+        async with trio.open_nursery() as n:
+            for h in self.handles.values():
+                if h.alive:
+                    n.start_soon(one, h)
+        ts = [a["t_ns"] for a in answers]
+        return {"nodes": len(answers), "spread_ms": round((max(ts) - min(ts)) / 1e6, 3) if ts else None,
+                "t_ns": min(ts) if ts else at_ns, "offset_ms": self.offset_ms}
 
     async def start(self, index: int, config: NodeConfig, timeout: float = 60.0) -> Handle:
         path = self.base / f"node{index}.toml"
@@ -201,7 +246,7 @@ class ProcessBackend:
         stderr = open(self.base / f"node{index}.stderr", "ab")
         try:
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "simulations.child", str(path)],
+                [sys.executable, "-m", "simulations.child", str(path), str(self.offset_ms)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env)
         finally:
             stderr.close()

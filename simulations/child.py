@@ -1,10 +1,14 @@
 """One simulated node in its own OS process.
 
-``python -m simulations.child <node.toml>`` starts the node with a
+``python -m simulations.child <node.toml> [offset_ms]`` starts the node with a
 :class:`~simulations.agent.NodeAgent`, prints one JSON line ``{"ready": info}``
 and then answers requests, one JSON object per line on stdin
 (``{"id": 1, "op": "submit", "args": {...}}``), with ``{"id": 1, "ok": result}``
 or ``{"id": 1, "error": "..."}`` on stdout. End of stdin stops the node.
+
+The node reads an :class:`~icn_p2p.core.clock.OffsetClock` starting at
+``offset_ms`` (a node restarted after the simulated clock moved ahead starts
+where the others are); the ``advance_clock`` operation moves it.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from functools import partial
 
 import trio
 
+from icn_p2p.core.clock import OffsetClock
 from icn_p2p.node.config import ConfigError, NodeConfig
 
 from .agent import NodeAgent
@@ -54,9 +60,9 @@ async def _read(agent: NodeAgent, io: trio.Nursery) -> None:
         agent.stop()
 
 
-async def _main(config: NodeConfig) -> None:
+async def _main(config: NodeConfig, offset_ms: int = 0) -> None:
     async with trio.open_nursery() as nursery:
-        agent: NodeAgent = await nursery.start(NodeAgent.serve, config)
+        agent: NodeAgent = await nursery.start(partial(NodeAgent.serve, config, clock=OffsetClock(offset_ms)))
         _emit({"ready": await agent.op_info()})
         async with trio.open_nursery() as io:
             io.start_soon(_read, agent, io)
@@ -71,10 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     try:
         config = NodeConfig.from_toml(argv[0])
-    except (ConfigError, IndexError) as exc:
+        offset_ms = int(argv[1]) if len(argv) > 1 else 0
+        if offset_ms < 0:
+            raise ValueError("the clock offset cannot be negative")
+    except (ConfigError, IndexError, ValueError) as exc:
         print(f"simulations.child: {exc}", file=sys.stderr)
         return 2
-    trio.run(_main, config)
+    trio.run(_main, config, offset_ms)
     return 0
 
 

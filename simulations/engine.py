@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import trio
 
+from icn_p2p.core.clock import month_key, month_start_ms
 from icn_p2p.identity.keys import load_key_file
 from icn_p2p.net.gossip import TOPIC_COMPUTE, TOPIC_POLICY
 from icn_p2p.node.harness import node_config, topology_edges
@@ -29,11 +30,6 @@ from .backends import Handle, InProcessBackend, NodeGone, ProcessBackend
 from .modules import parse_module
 
 log = logging.getLogger(__name__)
-
-CLOCK_NOTE = ("advance_clock skipped: the node has no injectable clock (Node and ComputeService read "
-              "time.time_ns() directly; compute.submit(at_ms=...) moves only the admission time, while "
-              "executors record usage in the real month), so a monthly reset cannot be simulated.")
-
 
 def now_ns() -> int:
     return time.time_ns()
@@ -69,7 +65,7 @@ class TaskObs:
     latency_ms: float | None = None
     attempts: int = 0
     utc_hour: int | None = None
-    steps: list[Any] = field(default_factory=list)
+    steps: list[Any] = field(default_factory=list)  # [state, wall ms, reason] (node clock mapped back)
 
 
 @dataclass
@@ -96,6 +92,10 @@ class Observations:
     samples: dict[int, list[tuple[int, float, float]]] = field(default_factory=dict)  # node -> (t, cpu, rss)
     process_samples: list[tuple[int, float, float]] = field(default_factory=list)
     mesh_ready_ms: float | None = None
+    kills: list[dict[str, Any]] = field(default_factory=list)  # node, did, t_ns (the signal was sent)
+    clock: list[dict[str, Any]] = field(default_factory=list)  # each advance_clock as it happened
+    months: list[str] = field(default_factory=list)  # UTC months the nodes' clock went through
+    usage_by_month: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # month -> coop -> member
 
 
 Narrator = Callable[[str, dict[str, Any]], None]
@@ -131,6 +131,19 @@ class Simulation:
         self._submitted_count = 0
         self._rr: dict[int, int] = {}
         self._last_action_ns = 0
+        self.offset_ms = 0  # the nodes' clock = wall clock + offset_ms
+        self._offsets: list[tuple[int, int]] = [(0, 0)]  # (wall ns from which, offset ms)
+
+    def sim_now_ms(self) -> int:
+        """What the nodes' clock reads now."""
+        return now_ns() // 1_000_000 + self.offset_ms
+
+    def to_wall_ms(self, node_ms: int) -> int:
+        """A time read on the nodes' clock, back on the wall clock the figures use."""
+        for since_ns, offset in reversed(self._offsets):
+            if (node_ms - offset) * 1_000_000 >= since_ns:
+                return node_ms - offset
+        return node_ms
 
     @property
     def timeline_length(self) -> float:
@@ -246,6 +259,7 @@ class Simulation:
         await self._wait_mesh()
         self.narrate("mesh", {"nodes": self.n, "links": len(self.edges), "ms": self.obs.mesh_ready_ms})
         self.obs.t0_ns = now_ns()
+        self.obs.months.append(month_key(self.sim_now_ms()))
         async with trio.open_nursery() as bg:
             bg.start_soon(self._drain_loop)
             bg.start_soon(self._sample_loop)
@@ -287,9 +301,7 @@ class Simulation:
         elif isinstance(a, sc.Heal):
             await self._heal()
         elif isinstance(a, sc.AdvanceClock):
-            if CLOCK_NOTE not in self.obs.notes:
-                self.obs.notes.append(CLOCK_NOTE)
-            self.narrate("note", {"text": CLOCK_NOTE})
+            await self._advance_clock(a)
         elif isinstance(a, sc.Wait):
             if a.until == "tasks_done":
                 while self._streams_open:
@@ -299,6 +311,23 @@ class Simulation:
                 await trio.sleep(a.seconds)
 
     # --- actions ----------------------------------------------------------------------
+
+    async def _advance_clock(self, a: sc.AdvanceClock) -> None:
+        lead_ms = int(getattr(self.backend, "ADVANCE_LEAD_S", 0.0) * 1000)
+        before = self.sim_now_ms() + lead_ms
+        ms = a.amount_ms(before)
+        r = await self.backend.advance_clock(ms)
+        self.offset_ms = r["offset_ms"]
+        self._offsets.append((r["t_ns"], self.offset_ms))
+        after = month_key(self.sim_now_ms())
+        if after not in self.obs.months:
+            self.obs.months.append(after)
+        entry = {"t_s": round((r["t_ns"] - self.obs.t0_ns) / 1e9, 3), "by_ms": ms,
+                 "by_days": round(ms / 86_400_000, 3), "from_month": month_key(before),
+                 "to_month": after, "offset_ms": self.offset_ms, "nodes": r["nodes"],
+                 "spread_ms": r["spread_ms"]}
+        self.obs.clock.append(entry)
+        self.narrate("clock", entry)
 
     async def _set_policy(self, a: sc.SetPolicy) -> None:
         coop = self.sc.coop(a.coop)
@@ -359,12 +388,15 @@ class Simulation:
             "scope": a.scope, "tags": list(a.tags), "fuel_limit": a.fuel or module.default_fuel,
             "entry": module.entry, "args": list(module.args),
         }
+        sim_now = self.sim_now_ms()
         if a.deadline_s is not None:
-            task["deadline_ms"] = now_ns() // 1_000_000 + int(a.deadline_s * 1000)
+            task["deadline_ms"] = sim_now + int(a.deadline_s * 1000)
         at_ms = None
         if a.utc_hour is not None:
-            day = now_ns() // 1_000_000 // 86_400_000 * 86_400_000
+            day = sim_now // 86_400_000 * 86_400_000
             at_ms = day + a.utc_hour * 3_600_000 + 60_000
+            # the node would count the default deadline from at_ms, which may be hours ago
+            task.setdefault("deadline_ms", sim_now + 60_000)
         t = now_ns()
         obs = TaskObs(task_id, node, a.member, a.coop, label, list(a.tags), a.priority, t, "submitting",
                       utc_hour=a.utc_hour)
@@ -388,6 +420,7 @@ class Simulation:
         if not h.alive:
             return
         await self._drain_node(i)
+        self.obs.kills.append({"node": i, "did": self.dids[i], "t_ns": now_ns(), "signal": sig})
         await self.backend.kill(i, sig)
         self.obs.nodes[i]["kills"] += 1
         self.narrate("kill", {"node": self.sc.node_name(i), "how": self.obs.kill_semantics})
@@ -516,12 +549,13 @@ class Simulation:
             while self._unfinished():
                 await trio.sleep(0.05)
 
-    async def _usage_views(self, coop: str) -> dict[int, dict[str, Any]]:
+    async def _usage_views(self, coop: str, at_ms: int | None = None) -> dict[int, dict[str, Any]]:
+        """Each live node's merged view of ``coop`` for the month holding ``at_ms`` (default: now)."""
         views: dict[int, dict[str, Any]] = {}
 
         async def one(i: int) -> None:
             try:
-                views[i] = (await self.handles[i].call("usage", coops=[coop]))[coop]
+                views[i] = (await self.handles[i].call("usage", coops=[coop], at_ms=at_ms))[coop]
             except (NodeGone, RuntimeError, trio.TooSlowError):
                 pass
 
@@ -553,16 +587,24 @@ class Simulation:
         coops = [c.id for c in self.sc.coops]
         ms, equal = await self._converge(coops, t_ref, timeout=30.0)
         self.obs.convergence.append({"after": after, "ms": ms, "converged": equal})
+        current = month_key(self.sim_now_ms())
+        for month in self.obs.months:
+            at_ms = None if month == current else _month_mid_ms(month)
+            self.obs.usage_by_month[month] = {}
+            for coop in coops:
+                views = await self._usage_views(coop, at_ms)
+                merged: dict[str, Any] = {}
+                for v in views.values():  # after convergence all equal; else the largest view
+                    for m, u in v.items():
+                        if (m not in merged or u["cpu_ms"] > merged[m]["cpu_ms"]
+                                or u["completed"] > merged[m]["completed"]):
+                            merged[m] = u
+                self.obs.usage_by_month[month][coop] = merged
+        self.obs.usage = self.obs.usage_by_month.get(current, {})
         for coop in coops:
-            views = await self._usage_views(coop)
-            merged: dict[str, Any] = {}
-            for v in views.values():  # after convergence all equal; else the largest view
-                for m, u in v.items():
-                    if m not in merged or u["cpu_ms"] > merged[m]["cpu_ms"] or u["completed"] > merged[m]["completed"]:
-                        merged[m] = u
-            self.obs.usage[coop] = merged
             self.obs.usage_converged[coop] = equal
-        self.narrate("usage", {"usage": self.obs.usage, "convergence": self.obs.convergence})
+        self.narrate("usage", {"usage": self.obs.usage, "by_month": self.obs.usage_by_month, "month": current,
+                               "convergence": self.obs.convergence})
 
     async def _collect_statuses(self) -> None:
         by_node: dict[int, list[str]] = {}
@@ -585,12 +627,18 @@ class Simulation:
                     t.state, t.reason = view["state"], view.get("reason")
                     t.executor = view.get("executor") or t.executor
                     t.attempts = view.get("attempts", t.attempts)
-                    t.steps = view.get("steps") or []
+                    t.steps = [[st, self.to_wall_ms(view["created_at_ms"] + rel), why]
+                               for st, rel, why in view.get("steps") or []]
                     if view.get("violations"):
                         t.violations = view["violations"]
                     if t.t_final_ns is None and view["state"] in ("completed", "failed", "expired", "cancelled"):
-                        t.t_final_ns = view["updated_at_ms"] * 1_000_000
+                        t.t_final_ns = self.to_wall_ms(view["updated_at_ms"]) * 1_000_000
                         t.latency_ms = (t.t_final_ns - t.t_submit_ns) / 1e6
+
+
+def _month_mid_ms(month: str) -> int:
+    """A time inside ``month`` ("YYYY-MM"), to ask a node for that month's usage."""
+    return month_start_ms(month) + 10 * 86_400_000
 
 
 def percentile(values: list[float], q: float) -> float | None:

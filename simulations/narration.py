@@ -158,16 +158,26 @@ class Narrator:
     def on_note(self, d: dict[str, Any]) -> None:
         self.print(f"[yellow]note[/yellow] {d['text']}")
 
+    def on_clock(self, d: dict[str, Any]) -> None:
+        spread = f", all within {d['spread_ms']:.1f} ms" if d.get("spread_ms") else ""
+        turn = (f"{d['from_month']} -> {d['to_month']}: a new month, a new usage key, the monthly quotas start again"
+                if d["to_month"] != d["from_month"] else f"still {d['to_month']}")
+        self.print(f"\n[bold]clock[/bold] every node's clock moves {d['by_days']:.2f} days ahead "
+                   f"({d['nodes']} nodes{spread}); {turn}")
+
     def on_usage(self, d: dict[str, Any]) -> None:
-        for coop, members in d["usage"].items():
-            table = Table(title=f"usage in {coop} (merged view, this month)", box=None)
-            for col in ("member", "tasks completed", "running", "CPU ms", "fuel"):
-                table.add_column(col, justify="left" if col == "member" else "right")
-            for m, u in sorted(members.items()):
-                table.add_row(_member(m), str(u["completed"]), str(u["concurrent"]), f"{u['cpu_ms']:.1f}",
-                              f"{u['fuel']:,}")
-            self.console.print()
-            self.console.print(table)
+        by_month = d.get("by_month") or {"": d["usage"]}
+        for month, usage in by_month.items():
+            when = "this month" if len(by_month) == 1 else month + (", now" if month == d.get("month") else "")
+            for coop, members in usage.items():
+                table = Table(title=f"usage in {coop}, {when} (merged view)", box=None)
+                for col in ("member", "tasks completed", "running", "CPU ms", "fuel"):
+                    table.add_column(col, justify="left" if col == "member" else "right")
+                for m, u in sorted(members.items()):
+                    table.add_row(_member(m), str(u["completed"]), str(u["concurrent"]), f"{u['cpu_ms']:.1f}",
+                                  f"{u['fuel']:,}")
+                self.console.print()
+                self.console.print(table)
         for c in d["convergence"]:
             if c["after"] != "heal":
                 self.on_converged(c)
@@ -181,6 +191,11 @@ class Narrator:
         self.print(f"tasks: {t['submitted']} submitted, {t['admitted']} admitted, {t['rejected']} rejected, "
                    f"{t['completed']} completed, {t['failed']} failed, {t['expired']} expired, {t['lost']} lost; "
                    f"latency p50 {t['latency_p50_ms']} ms, p99 {t['latency_p99_ms']} ms")
+        rp = report.get("replacement") or {}
+        if rp.get("tasks_hit"):
+            self.print(f"re-placement after {rp['kills']} kill(s): {rp['tasks_hit']} task(s) hit, "
+                       f"{rp['replaced']} placed again; kill -> placed again p50 {rp['replaced_p50_ms']} ms, "
+                       f"max {rp['replaced_max_ms']} ms (executor declared lost: p50 {rp['detect_p50_ms']} ms)")
         for a in report["assertions"]:
             mark = "[green]pass[/green]" if a["passed"] else "[red]FAIL[/red]"
             self.print(f"  {mark} {a['name']}  [dim]({a['detail']})[/dim]")

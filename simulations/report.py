@@ -234,22 +234,52 @@ def write_markdown(report: dict[str, Any], plots: list[str], out: Path, command:
             md += [f"- `{x['task_id']}` ({x['member']}, {x['priority']}{hour}):", "", "  ```",
                    *["  " + line for line in x["reason"].splitlines()], "  ```"]
         md += [""]
+    rp = report.get("replacement") or {}
+    if rp.get("kills"):
+        md += ["### Re-placement after a kill", "",
+               "Tasks placed on or running on a node when it was killed: time from the signal to the "
+               "submitter declaring the executor lost (*detect*), and to the task being placed on another "
+               "executor (*placed again*).", "",
+               _table(["kills", "tasks hit", "placed again", "detect p50 ms", "detect max ms",
+                       "placed again p50 ms", "p99 ms", "max ms"],
+                      [[rp["kills"], rp["tasks_hit"], rp["replaced"], rp["detect_p50_ms"], rp["detect_max_ms"],
+                        rp["replaced_p50_ms"], rp["replaced_p99_ms"], rp["replaced_max_ms"]]]), ""]
+        whys = sorted({_why(h["why"]) for h in rp["per_task"] if h["why"]})
+        if whys:
+            md += ["How the submitters noticed: " + "; ".join(f"`{w}`" for w in whys) + ".", ""]
+    clock = report.get("clock") or {}
+    if clock.get("advances"):
+        md += ["## Simulated clock", "",
+               "Every node reads one clock: system time plus an offset that only grows. "
+               "`advance_clock` moves it for all nodes at one instant.", "",
+               _table(["t (s)", "moved by (days)", "from month", "to month", "nodes", "spread ms"],
+                      [[c["t_s"], c["by_days"], c["from_month"], c["to_month"], c["nodes"], c["spread_ms"]]
+                       for c in clock["advances"]]), ""]
     md += ["## Usage", "",
            f"Usage convergence (ms until every live node's merged view of every member is equal): "
            + "; ".join(f"after {c['after']}: {_fmt(c['ms'])} ms" + ("" if c["converged"] else " (NOT converged)")
                        for c in report["usage_convergence"]) + ".", ""]
-    rows = []
-    for coop, ms in report["usage"].items():
-        for m, u in ms.items():
-            q = report["quota"].get(coop, {}).get(m, {})
-            rows.append([coop, m, u["completed"], u["concurrent"], round(u["cpu_ms"] / 1000, 3),
-                         q.get("quota_cpu_hours"), q.get("overshoot_cpu_hours"), q.get("overshoot_pct")])
-    if rows:
-        md += [_table(["coop", "member", "tasks completed", "concurrent", "CPU s", "quota CPU h",
-                       "overshoot CPU h", "overshoot %"], rows), ""]
+    by_month = report.get("usage_by_month") or {"": report["usage"]}
+    for month, usage in by_month.items():
+        rows = []
+        for coop, ms in usage.items():
+            for m, u in ms.items():
+                quota_h = report["quota"].get(coop, {}).get(m, {}).get("quota_cpu_hours")
+                over = max(0.0, u["cpu_ms"] / 3_600_000 - quota_h) if quota_h is not None else None
+                pct = (over / quota_h * 100) if over is not None and quota_h else None
+                rows.append([coop, m, u["completed"], u["concurrent"], round(u["cpu_ms"] / 1000, 3),
+                             quota_h, round(over, 9) if over is not None else None,
+                             round(pct, 2) if pct is not None else None])
+        if rows:
+            if len(by_month) > 1:
+                last = month == list(by_month)[-1]
+                md += [f"**{month}**" + (" (the month the run ended in)" if last else ""), ""]
+            md += [_table(["coop", "member", "tasks completed", "concurrent", "CPU s", "quota CPU h",
+                           "overshoot CPU h", "overshoot %"], rows), ""]
     qo = report["quota_overshoot"]
     if qo["member"]:
-        md += [f"Largest quota overshoot: {qo['member']} in {qo['coop']}: {qo['cpu_hours']:.6g} CPU-hours "
+        month = f" ({qo['month']})" if qo.get("month") and len(by_month) > 1 else ""
+        md += [f"Largest quota overshoot: {qo['member']} in {qo['coop']}{month}: {qo['cpu_hours']:.6g} CPU-hours "
                f"({qo['percent']:.1f} % of the quota) beyond the monthly quota.", ""]
     md += ["## Nodes", ""]
     md += [_table(["node", "region", "roles", "kills", "restarts", "CPU s", "CPU %", "RSS max MB"],
@@ -270,6 +300,12 @@ def write_markdown(report: dict[str, Any], plots: list[str], out: Path, command:
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path
+
+
+def _why(reason: str) -> str:
+    """An executor-lost reason without the DIDs: "failed: lost ... stopped answering"."""
+    words = [w for w in reason.split() if not w.startswith("did:")]
+    return " ".join(words)
 
 
 def write_all(obs: Observations, report: dict[str, Any], out: Path, command: str | None = None) -> list[Path]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -171,8 +172,37 @@ class Heal(_Action):
 
 
 class AdvanceClock(_Action):
+    """Move every node's clock ahead (system time plus an offset that only grows).
+
+    ``to = "next_month"`` (the default) lands one minute into the next UTC
+    calendar month: a new usage key, so the monthly quotas start again.
+    ``days`` / ``hours`` move it by that much instead.
+    """
+
     action: Literal["advance_clock"]
-    days: float = Field(default=31, gt=0)
+    to: Literal["next_month"] | None = None
+    days: float | None = Field(default=None, gt=0, le=3660)
+    hours: float | None = Field(default=None, gt=0, le=87_840)
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> "AdvanceClock":
+        given = [k for k in ("to", "days", "hours") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of to, days or hours (got {', '.join(given)})")
+        if not given:
+            self.to = "next_month"
+        return self
+
+    def amount_ms(self, now_ms: int) -> int:
+        """How far to move a clock that reads ``now_ms``."""
+        if self.days is not None:
+            return int(self.days * 86_400_000)
+        if self.hours is not None:
+            return int(self.hours * 3_600_000)
+        dt = datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc)
+        year, month = (dt.year + 1, 1) if dt.month == 12 else (dt.year, dt.month + 1)
+        target = int(datetime(year, month, 1, tzinfo=timezone.utc).timestamp() * 1000) + 60_000
+        return target - now_ms
 
 
 class Wait(_Action):
