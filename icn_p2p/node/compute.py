@@ -161,11 +161,20 @@ def module_hash(module: bytes) -> str:
     return hashlib.sha256(module).hexdigest()
 
 
+MAX_BATCH = 64
+
+
 def _announce_schema(env, topic: str):
+    """``{submitter_node, submitter_addrs, tasks: [{task, constraints, ...}, ...]}``, signed by the submitter."""
     p = env.payload
-    if not isinstance(p, dict) or not isinstance(p.get("task"), dict):
+    if not isinstance(p, dict) or not isinstance(p.get("submitter_node"), str):
         return "bad_schema"
-    if not isinstance(p.get("submitter_node"), str) or p["submitter_node"] != env.signer:
+    if p["submitter_node"] != env.signer:
+        return "bad_schema"
+    tasks = p.get("tasks")
+    if not isinstance(tasks, list) or not 1 <= len(tasks) <= MAX_BATCH:
+        return "bad_schema"
+    if not all(isinstance(t, dict) and isinstance(t.get("task"), dict) for t in tasks):
         return "bad_schema"
     return None
 
@@ -190,6 +199,10 @@ class ComputeService:
         self._pending: dict[str, _Pending] = {}
         self._running: dict[str, _Running] = {}
         self._published: dict[str, int] = {}
+        self._dirty_coops: set[str] = set()
+        self._announcements: list[dict[str, Any]] = []
+        self._announce_ready = trio.Event()
+        self._usage_dirty = trio.Event()
         self._claims: dict[str, _ClaimWaiter] = {}
         self._records: dict[str, TaskRecord] = {}
         self._decisions: dict[str, PlacementDecision] = {}
@@ -225,6 +238,8 @@ class ComputeService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self.queue.run)
+            nursery.start_soon(self._usage_flusher)
+            nursery.start_soon(self._announcer)
             await self._resume_unfinished()
             task_status.started()
             await trio.sleep_forever()
@@ -311,7 +326,7 @@ class ComputeService:
                 return record
 
         await self.node.blocking(self.tracker.task_claimed, task.coop_id, task.submitter, task.id, now)
-        await self._publish_own_usage(task.coop_id)
+        self._usage_changed(task.coop_id)
         record = record.moved(TaskState.ADMITTED, now, reason=None,
                               detail={"adjusted_priority": decision.adjusted_priority.value})
         await self._save(record)
@@ -461,13 +476,11 @@ class ComputeService:
             except trio.WouldBlock:
                 break
         if not window.closed(self.node.now_ms()):
-            await self.node.publish(TOPIC_COMPUTE, ANNOUNCE, {
+            self._announce({
                 "task": task.model_dump(mode="json"),
                 "adjusted_priority": pending.adjusted.value,
                 "constraints": pending.constraints.model_dump(mode="json"),
                 "policy_hash": self._records[task.id].policy_hash,
-                "submitter_node": self.node.did,
-                "submitter_addrs": self.node.listen_addrs(),
                 "exclude": list(excluded),
                 "deadline_ms": pending.deadline_ms,
             })
@@ -654,7 +667,7 @@ class ComputeService:
                     store.increment(task.coop_id, task.submitter, month=month, credits_spent=charged)
 
         await self.node.blocking(settle)
-        await self._publish_own_usage(task.coop_id)
+        self._usage_changed(task.coop_id)
 
     async def _send_cancel(self, peer, task_id: str) -> None:
         try:
@@ -679,24 +692,54 @@ class ComputeService:
         OFFERS.labels("made").inc()
         return Offer(task_id=task.id, executor=info, rtt_ms=None, offered_at_ms=self.node.now_ms())
 
+    def _announce(self, item: dict[str, Any]) -> None:
+        """Queue one task's announcement; the announcer gossips them in batches."""
+        self._announcements.append(item)
+        self._announce_ready.set()
+
+    async def _announcer(self) -> None:
+        """Gossip queued announcements, several tasks to a message under load.
+
+        Each gossip message costs every node on the mesh its transport and
+        validation work; a burst of submissions shares that cost instead of
+        multiplying it. Waits ``announce_batch_ms`` for company, no longer.
+        """
+        while True:
+            await self._announce_ready.wait()
+            await trio.sleep(self.settings.announce_batch_ms / 1000)
+            self._announce_ready = trio.Event()
+            while self._announcements:
+                batch = self._announcements[:MAX_BATCH]
+                del self._announcements[:MAX_BATCH]
+                try:
+                    await self.node.publish(TOPIC_COMPUTE, ANNOUNCE, {
+                        "submitter_node": self.node.did, "submitter_addrs": self.node.listen_addrs(),
+                        "tasks": batch,
+                    })
+                except Exception as exc:  # the tasks re-announce after their window
+                    log.warning("event=announce_failed tasks=%d error=%r", len(batch), exc)
+
     async def _on_announce(self, delivery: Delivery) -> None:
         p = delivery.envelope.payload
         submitter = p.get("submitter_node")
         if submitter == self.node.did or "executor" not in self.roles:
             return
-        try:
-            task = ComputeTask.model_validate(p["task"])
-            constraints = PlacementConstraints.model_validate(p.get("constraints") or {})
-        except (ValidationError, KeyError, TypeError) as exc:
-            metrics.MESSAGES_DROPPED.labels("compute", "bad_schema").inc()
-            log.info("event=announce_invalid signer=%s error=%s", submitter, exc)
-            return
-        offer = self._offer_for(task, constraints, list(p.get("exclude") or []))
-        if offer is None:
-            return
-        self._nursery.start_soon(self._send_offer, submitter, list(p.get("submitter_addrs") or []), offer)
+        offers = []
+        for item in p["tasks"]:
+            try:
+                task = ComputeTask.model_validate(item["task"])
+                constraints = PlacementConstraints.model_validate(item.get("constraints") or {})
+            except (ValidationError, KeyError, TypeError) as exc:
+                metrics.MESSAGES_DROPPED.labels("compute", "bad_schema").inc()
+                log.info("event=announce_invalid signer=%s error=%s", submitter, exc)
+                continue
+            offer = self._offer_for(task, constraints, list(item.get("exclude") or []))
+            if offer is not None:
+                offers.append(offer)
+        if offers:
+            self._nursery.start_soon(self._send_offers, submitter, list(p.get("submitter_addrs") or []), offers)
 
-    async def _send_offer(self, submitter: str, addrs: list[str], offer: Offer) -> None:
+    async def _send_offers(self, submitter: str, addrs: list[str], offers: list[Offer]) -> None:
         try:
             peer = self.node.host.peer_for_did(submitter)
             if not self.node.host.is_connected(peer):
@@ -706,30 +749,36 @@ class ComputeService:
                         break
                     except ConnectionError:
                         continue
-            await self.direct.notify(peer, OFFER, offer.model_dump(mode="json"), timeout=2.0)
+            await self.direct.notify(peer, OFFER, {"offers": [o.model_dump(mode="json") for o in offers]},
+                                     timeout=2.0)
         except (ConversationError, ValueError) as exc:
-            log.info("event=offer_not_delivered task=%s reason=%r", offer.task_id, exc)
+            log.info("event=offer_not_delivered tasks=%d reason=%r", len(offers), exc)
 
     async def _on_offer(self, env, conv: Conversation) -> None:
-        try:
-            offer = Offer.from_wire(env.payload)
-        except Exception as exc:
+        items = env.payload.get("offers") if isinstance(env.payload, dict) else None
+        if not isinstance(items, list) or len(items) > MAX_BATCH:
             metrics.MESSAGES_DROPPED.labels("direct", "bad_schema").inc()
-            log.info("event=offer_invalid peer=%s error=%r", conv.peer_did, exc)
             return
-        if offer.did != conv.peer_did:
-            metrics.MESSAGES_DROPPED.labels("direct", "foreign_offer").inc()
-            log.info("event=offer_dropped reason=foreign_offer peer=%s offer_for=%s", conv.peer_did, offer.did)
-            return
-        pending = self._pending.get(offer.task_id)
-        if pending is None:
-            return  # the task is placed or finished
-        OFFERS.labels("received").inc()
-        try:
-            pending.offers_send.send_nowait(offer)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            return
-        pending.offer_arrived.set()
+        for item in items:
+            try:
+                offer = Offer.from_wire(item)
+            except Exception as exc:
+                metrics.MESSAGES_DROPPED.labels("direct", "bad_schema").inc()
+                log.info("event=offer_invalid peer=%s error=%r", conv.peer_did, exc)
+                continue
+            if offer.did != conv.peer_did:
+                metrics.MESSAGES_DROPPED.labels("direct", "foreign_offer").inc()
+                log.info("event=offer_dropped reason=foreign_offer peer=%s offer_for=%s", conv.peer_did, offer.did)
+                continue
+            pending = self._pending.get(offer.task_id)
+            if pending is None:
+                continue  # the task is placed or finished
+            OFFERS.labels("received").inc()
+            try:
+                pending.offers_send.send_nowait(offer)
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                continue
+            pending.offer_arrived.set()
 
     def _claim_refusal(self, task_id: str, claim: dict) -> str | None:
         if "executor" not in self.roles:
@@ -831,7 +880,7 @@ class ComputeService:
                 self.tracker.credit_earned(task.coop_id, self.node.did, earned, f"earn:{task.id}")
 
         await self.node.blocking(record)
-        await self._publish_own_usage(task.coop_id)
+        self._usage_changed(task.coop_id)
 
     async def _on_probe(self, env, conv: Conversation) -> None:
         """Does this executor still run the task? (Answered from memory: a restart forgets.)"""
@@ -859,6 +908,29 @@ class ComputeService:
             running.handle.cancel()
 
     # --- shared helpers ---------------------------------------------------------------
+
+    def _usage_changed(self, coop_id: str) -> None:
+        """Our usage entries for ``coop_id`` changed: gossip them with the next flush."""
+        self._dirty_coops.add(coop_id)
+        self._usage_dirty.set()
+
+    async def _usage_flusher(self) -> None:
+        """Gossip changed usage at most every ``usage_flush_ms``.
+
+        A member's entry is one record however many tasks changed it, so under
+        load one message carries many updates; quotas see them within the
+        flush interval (sync repairs anything gossip loses).
+        """
+        while True:
+            await self._usage_dirty.wait()
+            self._usage_dirty = trio.Event()
+            coops, self._dirty_coops = self._dirty_coops, set()
+            for coop in sorted(coops):
+                try:
+                    await self._publish_own_usage(coop)
+                except Exception as exc:  # a failed publish is repaired by sync
+                    log.warning("event=usage_publish_failed coop=%s error=%r", coop, exc)
+            await trio.sleep(self.settings.usage_flush_ms / 1000)
 
     async def _publish_own_usage(self, coop_id: str) -> None:
         """Gossip this node's usage entries for ``coop_id`` changed since the last publish.
@@ -915,7 +987,7 @@ class ComputeService:
                     self.credits.release(task.id)
 
         await self.node.blocking(release)
-        await self._publish_own_usage(task.coop_id)
+        self._usage_changed(task.coop_id)
         pending = self._pending.get(task.id)
         if pending is not None:
             TASK_LATENCY_SECONDS.labels(state.value).observe(time.perf_counter() - pending.submitted_at)

@@ -84,6 +84,8 @@ class ComputeSettings(BaseModel):
     result_grace_ms: int = Field(default=2_000, ge=0)
     claim_timeout_ms: int = Field(default=5_000, ge=10)
     probe_interval_ms: int = Field(default=1_000, ge=10)
+    usage_flush_ms: int = Field(default=100, ge=0, le=60_000)
+    announce_batch_ms: int = Field(default=2, ge=0, le=1_000)
     probe_misses: int = Field(default=3, ge=1)
     fuel_per_credit: int = Field(default=1_000_000, ge=1)
     cpu_cores: float = Field(default=2.0, gt=0)
