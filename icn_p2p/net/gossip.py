@@ -99,6 +99,30 @@ def gossip_message_id(msg: rpc_pb2.Message) -> bytes:
         return hashlib.sha256(b"raw\0" + msg.data).digest()
 
 
+class MessageIds:
+    """:func:`gossip_message_id` with a memory of recent data (one per node).
+
+    The router asks for a message's id six to eight times (seen check,
+    validation, seen mark, message cache, forwarding, our validator and
+    dispatch), and each time the envelope's CBOR would be split again. The
+    id is a pure function of the bytes, so recent ones are remembered.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._ids: dict[bytes, bytes] = {}
+
+    def __call__(self, msg: rpc_pb2.Message) -> bytes:
+        data = msg.data
+        mid = self._ids.get(data)
+        if mid is None:
+            mid = gossip_message_id(msg)
+            if len(self._ids) >= self.size:
+                del self._ids[next(iter(self._ids))]  # oldest first
+            self._ids[data] = mid
+        return mid
+
+
 class _NoValidationCache:
     """Replaces the library's validation-result cache (see the module docstring)."""
 
@@ -188,11 +212,12 @@ class Gossip:
             spam_protection_enabled=False,
             eclipse_protection_enabled=False,  # every test peer shares 127.0.0.1
         )
+        self.message_id = MessageIds()
         self.pubsub = Pubsub(
             host.libp2p,
             self.router,
             strict_signing=True,
-            msg_id_constructor=gossip_message_id,
+            msg_id_constructor=self.message_id,
             seen_ttl=s.seen_ttl_s,
         )
         self.pubsub.validation_cache = _NoValidationCache()  # type: ignore[assignment]
@@ -298,7 +323,7 @@ class Gossip:
         label = topic_label(topic)
         async with recv:
             async for msg in recv:
-                mid = gossip_message_id(msg)
+                mid = self.message_id(msg)
                 cached = self._decoded.pop(mid, None)
                 if cached is None:  # evicted from the small cache: decode again
                     try:
@@ -341,7 +366,7 @@ class Gossip:
             except Rejected as rej:
                 self._record_drop(forwarder, label, rej, own)
                 return False
-            mid = gossip_message_id(msg)
+            mid = self.message_id(msg)
             self._decoded[mid] = (env, forwarder)
             if len(self._decoded) > 8192:
                 self._decoded.popitem(last=False)
