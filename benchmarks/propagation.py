@@ -168,13 +168,15 @@ async def in_process(n: int, messages: int, interval_ms: float, burst: int) -> d
                         sizes.append(len(d.data))
                 node.handle(POLICY_ACT, on_act)
 
-                def timed_apply(acts, i=i, inner=node._apply_acts):
-                    out = inner(acts)
-                    t = time.perf_counter_ns()
-                    for act in acts:
-                        applied.setdefault(act["proposal"]["reason"], {})[i] = t
-                    return out
-                node._apply_acts = timed_apply  # written by the store writer, in its worker thread
+                inner = getattr(node, "_apply_acts", None)
+                if inner is not None:  # the store writer's batch, in its worker thread
+                    def timed_apply(acts, i=i, inner=inner):
+                        out = inner(acts)
+                        t = time.perf_counter_ns()
+                        for act in acts:
+                            applied.setdefault(act["proposal"]["reason"], {})[i] = t
+                        return out
+                    node._apply_acts = timed_apply
             ports = {_port(node.listen_addrs()[0]) for node in c.nodes}
             meter = Meter(ports, None)
             await trio.sleep(1.0)
@@ -186,7 +188,8 @@ async def in_process(n: int, messages: int, interval_ms: float, burst: int) -> d
                 sent[tag] = time.perf_counter_ns()
                 await c[0].set_local_policy(policy(f"bench-{k}", k), reason=tag)
                 await trio.sleep(interval_ms / 1000)
-            await wait_for(lambda: sum(len(applied.get(t, {})) for t in sent) >= messages * n
+            timed = hasattr(c[0], "_apply_acts")
+            await wait_for(lambda: (not timed or sum(len(applied.get(t, {})) for t in sent) >= messages * n)
                            and sum(len(arrivals.get(t, {})) for t in sent) >= messages * n, 10)
             cpu_ms, bytes_msg = meter.net(start, meter.sample(), n, messages)
             lat = [(max(arrivals[t].values()) - sent[t]) / 1e6 for t in sent if len(arrivals.get(t, {})) == n]
