@@ -233,6 +233,11 @@ class NodeAgent:
         self.clock.advance(int(ms))
         return {"now_ms": self.clock.now_ms(), "offset_ms": self.clock.offset_ms, "t_ns": t}
 
+    async def op_load(self) -> dict[str, int]:
+        """Tasks this node is executing now, and queued behind them."""
+        q = self.node.compute.queue
+        return {"running": q.running, "queued": q.queue_depth}
+
     async def op_stats(self) -> dict[str, Any]:
         s = procstat.sample()
         return {"cpu_s": s.cpu_s if s else None, "rss_mb": s.rss_mb if s else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -92,7 +93,9 @@ class Observations:
     samples: dict[int, list[tuple[int, float, float]]] = field(default_factory=dict)  # node -> (t, cpu, rss)
     process_samples: list[tuple[int, float, float]] = field(default_factory=list)
     mesh_ready_ms: float | None = None
+    loadavg: list[list[float]] = field(default_factory=list)  # the machine's 1/5/15-min load, start and end
     kills: list[dict[str, Any]] = field(default_factory=list)  # node, did, t_ns (the signal was sent)
+    restarts: list[dict[str, Any]] = field(default_factory=list)  # node, t_s, start_ms, link_ms
     clock: list[dict[str, Any]] = field(default_factory=list)  # each advance_clock as it happened
     months: list[str] = field(default_factory=list)  # UTC months the nodes' clock went through
     usage_by_month: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # month -> coop -> member
@@ -184,10 +187,14 @@ class Simulation:
     async def _start_node(self, i: int) -> None:
         self.handles[i] = await self.backend.start(i, self.configs[i])
 
-    async def _link(self, a: int, b: int) -> None:
-        """Node b dials node a (persistent link)."""
+    async def _link(self, a: int, b: int, wait: bool = True) -> None:
+        """Node b dials node a (persistent link); ``wait=False`` only registers it (a cut
+        link: it comes up after the heal)."""
         ha, hb = self.handles.get(a), self.handles.get(b)
         if ha is None or hb is None or not ha.alive or not hb.alive:
+            return
+        if not wait:
+            await self._call_quiet(b, "link", {"addr": ha.addr(), "timeout": 0.0})
             return
         try:
             ok = await hb.call("link", addr=ha.addr(), timeout=15.0)
@@ -230,6 +237,7 @@ class Simulation:
 
     async def run(self) -> Observations:
         self.obs.started_at = time.time()
+        self.obs.loadavg.append([round(x, 2) for x in os.getloadavg()])
         self._build_configs()
         try:
             async with trio.open_nursery() as nursery:
@@ -273,6 +281,7 @@ class Simulation:
             self._sample_once()
             bg.cancel_scope.cancel()
         self.obs.t_end_ns = now_ns()
+        self.obs.loadavg.append([round(x, 2) for x in os.getloadavg()])
 
     async def _play(self, streams: trio.Nursery) -> None:
         t0 = trio.current_time()
@@ -291,11 +300,15 @@ class Simulation:
             self._streams_open += 1
             streams.start_soon(self._submit_stream, idx, a)
         elif isinstance(a, sc.Kill):
-            for i in self.sc.resolve(a.node):
+            targets = self.sc.resolve(a.node)
+            if a.pick == "busiest":
+                targets = await self._busiest(targets)
+            for i in targets:
                 await self._kill(i, a.signal)
         elif isinstance(a, sc.Restart):
-            for i in self.sc.resolve(a.node):
-                await self._restart(i)
+            async with trio.open_nursery() as n:
+                for i in self.sc.resolve(a.node):
+                    n.start_soon(self._restart, i)
         elif isinstance(a, sc.Partition):
             await self._partition([self.sc.resolve(g) for g in a.groups])
         elif isinstance(a, sc.Heal):
@@ -415,30 +428,65 @@ class Simulation:
         self._submitted_count += 1
         self.narrate("admission", {"task": obs, "node": self.sc.node_name(node)})
 
+    async def _busiest(self, nodes: list[int], wait_s: float = 5.0) -> list[int]:
+        """The live node among ``nodes`` running the most tasks (waits for one to run any)."""
+        live = [i for i in nodes if self.handles[i].alive]
+        best: tuple[int, int] | None = None
+        with trio.move_on_after(wait_s):
+            while live:
+                loads: dict[int, int] = {}
+                for i in live:
+                    try:
+                        loads[i] = (await self.handles[i].call("load", timeout=5))["running"]
+                    except (NodeGone, RuntimeError, trio.TooSlowError):
+                        continue
+                if loads:
+                    i = max(loads, key=lambda k: (loads[k], -k))
+                    best = (i, loads[i])
+                    if loads[i] > 0:
+                        break
+                await trio.sleep(0.02)
+        if best is None:
+            return live[:1]
+        if best[1] == 0:
+            self.obs.notes.append(f"kill (busiest): no node of {[self.sc.node_name(i) for i in nodes]} "
+                                  f"ran a task within {wait_s:.0f} s; killed {self.sc.node_name(best[0])} idle")
+        return [best[0]]
+
     async def _kill(self, i: int, sig: str) -> None:
         h = self.handles[i]
         if not h.alive:
             return
         await self._drain_node(i)
-        self.obs.kills.append({"node": i, "did": self.dids[i], "t_ns": now_ns(), "signal": sig})
+        try:
+            running = (await h.call("load", timeout=2))["running"]
+        except (NodeGone, RuntimeError, trio.TooSlowError):
+            running = None
+        self.obs.kills.append({"node": i, "did": self.dids[i], "t_ns": now_ns(), "signal": sig, "running": running})
         await self.backend.kill(i, sig)
         self.obs.nodes[i]["kills"] += 1
-        self.narrate("kill", {"node": self.sc.node_name(i), "how": self.obs.kill_semantics})
+        self.narrate("kill", {"node": self.sc.node_name(i), "how": self.obs.kill_semantics, "running": running})
 
     async def _restart(self, i: int) -> None:
         if self.handles[i].alive:
             return
+        t = now_ns()
         await self._start_node(i)
-        async with trio.open_nursery() as n:
-            for j in self.neighbours(i):
-                n.start_soon(self._link, j, i)
-        for a, b in self.partitions:
+        started = now_ns()
+        cut: set[int] = set()
+        for a, b in self.partitions:  # refuse the other side before dialling anyone
             other = b if i in a else a if i in b else []
             if other:
-                peers = [self._peer(j) for j in other]
-                await self.handles[i].call("block", peers=peers)
+                cut.update(other)
+                await self.handles[i].call("block", peers=[self._peer(j) for j in other])
+        async with trio.open_nursery() as n:
+            for j in self.neighbours(i):
+                n.start_soon(self._link, j, i, j not in cut)
+        entry = {"node": self.sc.node_name(i), "t_s": round((t - self.obs.t0_ns) / 1e9, 3),
+                 "start_ms": round((started - t) / 1e6, 1), "link_ms": round((now_ns() - started) / 1e6, 1)}
+        self.obs.restarts.append(entry)
         self.obs.nodes[i]["restarts"] += 1
-        self.narrate("restart", {"node": self.sc.node_name(i)})
+        self.narrate("restart", entry)
 
     async def _partition(self, groups: list[list[int]]) -> None:
         cuts = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import Any
 
@@ -153,7 +154,8 @@ def replacement_figures(obs: Observations) -> dict[str, Any]:
     """Kill -> the submitter gives up on the executor -> the task is placed again.
 
     A task is hit by a kill when its last step before the kill was ``placed``
-    or ``running`` on the killed node. ``detect`` ends at the submitter's next
+    or ``running`` on the killed node and its next step is not ``completed``
+    (those results were on their way: ``completed_in_flight``). ``detect`` ends at the submitter's next
     step (the executor declared lost); ``replaced`` at the next ``placed``.
     Times are the submitting node's lifecycle steps against the instant the
     simulator sent the signal.
@@ -161,6 +163,7 @@ def replacement_figures(obs: Observations) -> dict[str, Any]:
     detect: list[float] = []
     replaced: list[float] = []
     hits = []
+    in_flight = 0
     for k in obs.kills:
         t_k = k["t_ns"] / 1e6
         for t in obs.tasks.values():
@@ -168,18 +171,23 @@ def replacement_figures(obs: Observations) -> dict[str, Any]:
             if not before or before[-1][0] not in ("placed", "running") or k["did"] not in (before[-1][2] or ""):
                 continue
             after = [s for s in t.steps if s[1] > t_k]
+            if after and after[0][0] == "completed":
+                in_flight += 1  # the result left the executor before the signal
+                continue
             lost = next((s for s in after if s[0] != "running"), None)
             again = next((s for s in after if s[0] == "placed"), None)
             hit = {"task_id": t.task_id, "node": obs.scenario.node_name(k["node"]),
                    "detect_ms": _r(lost[1] - t_k, 1) if lost else None,
                    "replaced_ms": _r(again[1] - t_k, 1) if again else None,
-                   "why": lost[2] if lost else None, "final": t.state}
+                   "why": lost[2] if lost else None, "final": t.state,
+                   "steps": [[st, _r(ms - t_k, 1), (why or "")[:160]] for st, ms, why in t.steps]}
             hits.append(hit)
             if lost:
                 detect.append(lost[1] - t_k)
             if again:
                 replaced.append(again[1] - t_k)
     return {"kills": len(obs.kills), "tasks_hit": len(hits), "replaced": len(replaced),
+            "completed_in_flight": in_flight,
             "detect_p50_ms": _r(percentile(detect, 50), 1), "detect_max_ms": _r(max(detect), 1) if detect else None,
             "replaced_p50_ms": _r(percentile(replaced, 50), 1),
             "replaced_p99_ms": _r(percentile(replaced, 99), 1),
@@ -194,8 +202,10 @@ def node_figures(obs: Observations) -> list[dict[str, Any]]:
         s = obs.samples.get(n["index"], [])
         if s:
             wall = max(1e-3, (s[-1][0] - s[0][0]) / 1e9)
-            row["cpu_s"] = round(s[-1][1] - s[0][1], 2)
-            row["cpu_pct"] = round((s[-1][1] - s[0][1]) / wall * 100, 1)
+            # a restart starts a new process at 0 CPU: add each incarnation's own
+            cpu = sum(b[1] - a[1] if b[1] >= a[1] else b[1] for a, b in zip(s, s[1:]))
+            row["cpu_s"] = round(cpu, 2)
+            row["cpu_pct"] = round(cpu / wall * 100, 1)
             row["rss_mb_max"] = round(max(x[2] for x in s), 1)
         else:
             row["cpu_s"] = row["cpu_pct"] = row["rss_mb_max"] = None
@@ -222,7 +232,9 @@ def build_report(obs: Observations) -> dict[str, Any]:
                      "backend": obs.backend, "kill": obs.kill_semantics, "seed": meta.seed,
                      "topology": meta.topology, "started_at": obs.started_at,
                      "duration_s": round((obs.t_end_ns - obs.t0_ns) / 1e9, 3) if obs.t_end_ns else None,
-                     "mesh_ready_ms": _r(obs.mesh_ready_ms, 1)},
+                     "mesh_ready_ms": _r(obs.mesh_ready_ms, 1),
+                     "cpus": os.cpu_count(), "loadavg_start": obs.loadavg[0] if obs.loadavg else None,
+                     "loadavg_end": obs.loadavg[-1] if len(obs.loadavg) > 1 else None},
         "node_count": len(obs.nodes),
         "nodes": node_figures(obs),
         "process": process_figures(obs),
@@ -232,6 +244,7 @@ def build_report(obs: Observations) -> dict[str, Any]:
         "usage_by_month": obs.usage_by_month,
         "clock": {"months": obs.months, "advances": obs.clock},
         "replacement": replacement_figures(obs),
+        "restarts": obs.restarts,
         "usage_converged": all(obs.usage_converged.values()) if obs.usage_converged else None,
         "usage_convergence_ms": _r(max(conv)) if conv else None,
         "usage_convergence": obs.convergence,
@@ -267,5 +280,7 @@ def _task_samples(obs: Observations) -> list[dict[str, Any]]:
                     "executor": names.get(t.executor, t.executor), "priority": t.priority,
                     "adjusted_priority": t.adjusted_priority, "tags": t.tags, "utc_hour": t.utc_hour,
                     "latency_ms": _r(t.latency_ms, 1), "reason": (t.reason or "")[:600],
-                    "violations": t.violations, "remedies": t.remedies})
+                    "violations": t.violations, "remedies": t.remedies,
+                    "steps": [[st, round(ms - t.steps[0][1]), (why or "")[:200]] for st, ms, why in t.steps]
+                    if t.state not in ("completed", "rejected") and t.steps else None})
     return out

@@ -138,10 +138,13 @@ class Narrator:
                        f"{t.latency_ms:.0f} ms submit -> result")
 
     def on_kill(self, d: dict[str, Any]) -> None:
-        self.print(f"[magenta]kill[/magenta] {d['node']} ({d['how']})")
+        busy = f", running {d['running']} task(s)" if d.get("running") else ""
+        self.print(f"[magenta]kill[/magenta] {d['node']} ({d['how']}{busy})")
 
     def on_restart(self, d: dict[str, Any]) -> None:
-        self.print(f"[magenta]restart[/magenta] {d['node']}")
+        took = (f" (process up in {d['start_ms'] / 1000:.1f} s, links in {d['link_ms'] / 1000:.1f} s)"
+                if "start_ms" in d else "")
+        self.print(f"[magenta]restart[/magenta] {d['node']}{took}")
 
     def on_partition(self, d: dict[str, Any]) -> None:
         self.print("[magenta]partition[/magenta] " + " | ".join(", ".join(g) for g in d["groups"]))

@@ -200,6 +200,10 @@ def write_markdown(report: dict[str, Any], plots: list[str], out: Path, command:
     md += [f"{report['node_count']} nodes, {s['backend']}, {s['topology']} topology, seed {s['seed']}; "
            f"the timeline ran {_fmt(s['duration_s'])} s after the mesh was up "
            f"(mesh formed in {_fmt(s['mesh_ready_ms'])} ms). A node kill is: {s['kill']}.", ""]
+    if s.get("loadavg_start"):
+        md += [f"Machine: {s['cpus']} CPUs; load average (1 min) {s['loadavg_start'][0]} at the start, "
+               f"{(s.get('loadavg_end') or ['-'])[0]} at the end (every node and anything else running "
+               f"shares these cores).", ""]
     if command:
         md += [f"Command: `{command}`", ""]
     md += ["## Assertions", "", _table(["", "assertion", "expectation", "figures read"],

@@ -152,12 +152,19 @@ class Submit(_Action):
 
 
 class Kill(_Action):
+    """Kill the selected nodes; ``pick = "busiest"`` kills only the one of them running
+    the most tasks right now (waiting up to 5 s for one to run something), so a kill
+    lands on work in flight."""
+
     action: Literal["kill"]
     node: Selector
     signal: Literal["kill", "term"] = "kill"
+    pick: Literal["all", "busiest"] = "all"
 
 
 class Restart(_Action):
+    """Restart the selected nodes that are down (the live ones are left alone)."""
+
     action: Literal["restart"]
     node: Selector
 

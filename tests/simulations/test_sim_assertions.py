@@ -81,3 +81,12 @@ def test_syntax_errors_say_where(expr, where):
 
 def test_lookup_longest_key_with_dots():
     assert lookup({"a.b": {"c": 1}, "a": {"b": {"c": 2}}}, "a.b.c") == 1
+
+
+def test_lookup_indexes_lists():
+    figures = {"clock": {"advances": [{"to_month": "2026-12", "from_month": "2026-11"}]}}
+    assert lookup(figures, "clock.advances.0.to_month") == "2026-12"
+    passed, _ = evaluate("clock.advances.0.to_month != clock.advances.0.from_month", figures)
+    assert passed
+    passed, detail = evaluate("clock.advances.1.to_month == null", figures)
+    assert not passed and "unknown figure" in detail

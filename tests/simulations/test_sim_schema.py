@@ -107,3 +107,43 @@ def test_policy_patch_and_sandbox():
     assert body["default_quota"]["max_concurrent_tasks"] == 9
     assert body["default_quota"]["cpu_hours_per_month"] == 10.0  # the rest of the file is kept
     assert body["coop_id"] == "c" and body["governance_domain"] is None
+
+
+def _advance(line: str) -> sc.AdvanceClock:
+    s = load(BASE + f'[[timeline]]\nat = 1\naction = "advance_clock"\n{line}\n')
+    return s.timeline[-1]
+
+
+def test_advance_clock_to_the_next_month():
+    from datetime import datetime, timezone
+
+    def ms(*args):
+        return int(datetime(*args, tzinfo=timezone.utc).timestamp() * 1000)
+
+    a = _advance("")  # the default: the next UTC month
+    assert a.to == "next_month"
+    now = ms(2026, 11, 23, 18, 0)
+    assert now + a.amount_ms(now) == ms(2026, 12, 1, 0, 1)
+    dec = ms(2026, 12, 31, 23, 59, 59)
+    assert dec + a.amount_ms(dec) == ms(2027, 1, 1, 0, 1)
+    assert _advance("days = 2").amount_ms(now) == 2 * 86_400_000
+    assert _advance("hours = 1.5").amount_ms(now) == 5_400_000
+
+
+@pytest.mark.parametrize("line,where", [
+    ("days = 2\nhours = 1", "give one of to, days or hours"),
+    ('to = "next_month"\ndays = 2', "give one of to, days or hours"),
+    ('to = "next_year"', "timeline.1.advance_clock.to"),
+    ("days = -1", "timeline.1.advance_clock.days"),
+])
+def test_advance_clock_amount_errors(line, where):
+    with pytest.raises(sc.ScenarioError) as err:
+        load(BASE + f'[[timeline]]\nat = 1\naction = "advance_clock"\n{line}\n')
+    assert where in str(err.value)
+
+
+def test_kill_pick():
+    s = load(BASE + '[[timeline]]\nat = 1\naction = "kill"\nnode = "n"\npick = "busiest"\n')
+    assert s.timeline[-1].pick == "busiest"
+    with pytest.raises(sc.ScenarioError, match="timeline.1.kill.pick"):
+        load(BASE + '[[timeline]]\nat = 1\naction = "kill"\nnode = "n"\npick = "random"\n')
