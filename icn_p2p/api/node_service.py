@@ -355,6 +355,7 @@ class NodeBackedService:
 
     async def mesh_peers(self, p: s.NoParams) -> s.MeshPeersResult:
         host = self.node.host
+        await self.node.peer_views.refresh()
         peerstore = host.libp2p.get_peerstore()
         peers = []
         for pid in self._peer_ids():

@@ -115,7 +115,7 @@ default_trust = 0.5
 # Network tuning (defaults suit 3-100 nodes); uncomment to change.
 # [mesh]
 # max_connections = 64
-# heartbeat_s = 0.3
+# heartbeat_s = 0.5
 # sync_interval_s = 3.0
 # max_message_bytes = 262144
 """

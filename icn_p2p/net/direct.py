@@ -55,7 +55,10 @@ class Conversation:
         self._limits = Limits(max_bytes=frame_limit, max_depth=32, max_items=100_000)
 
     async def send(self, type: str, payload: Any) -> None:
-        data = self.sealer.seal(type, payload)
+        try:
+            data = self.sealer.seal(type, payload)
+        except WireError as exc:  # our own payload does not fit the wire: a bug, said plainly
+            raise ConversationError(exc.reason.value, exc.detail) from None
         if len(data) > self.frame_limit:
             raise ConversationError("too_large", f"{len(data)} bytes")
         try:

@@ -151,15 +151,17 @@ class GossipSettings:
     be at least the node's maximum connection count, otherwise the heartbeat
     prunes peers that immediately try to re-graft during their back-off and
     the mesh sits under D_lo for tens of seconds ("GRAFT flood"); the node
-    raises it to ``max_connections`` when that is larger. A 0.3 s heartbeat
-    (the library's default is 120 s) repairs the mesh and emits IHAVE gossip
-    quickly; the message cache keeps 10 heartbeats (3 s) for IWANT.
+    raises it to ``max_connections`` when that is larger. A 0.5 s heartbeat
+    (the library's default is 120 s; go-libp2p's is 1 s) repairs the mesh and
+    emits IHAVE gossip quickly without the idle cost of a faster one (0.3 s
+    cost ~14% of a 50-node mesh's network CPU); the message cache keeps 10
+    heartbeats (5 s) for IWANT. Delivery itself is pushed, not heartbeat-paced.
     """
 
     degree: int = 6
     degree_low: int = 4
     degree_high: int = 12
-    heartbeat_s: float = 0.3
+    heartbeat_s: float = 0.5
     gossip_window: int = 3
     gossip_history: int = 10
     prune_backoff_s: int = 10

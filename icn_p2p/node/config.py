@@ -48,7 +48,7 @@ class MeshSettings(BaseModel):
     gossip_degree: int = Field(default=6, ge=1)
     gossip_degree_low: int = Field(default=4, ge=1)
     gossip_degree_high: int = Field(default=12, ge=1)
-    heartbeat_s: float = Field(default=0.3, gt=0, le=60)
+    heartbeat_s: float = Field(default=0.5, gt=0, le=60)
     sync_interval_s: float = Field(default=3.0, gt=0, le=3600)
     ping_interval_s: float = Field(default=5.0, gt=0, le=3600)
     rate_per_s: float = Field(default=1000.0, gt=0)

@@ -181,7 +181,6 @@ class Node:
                 await nursery.start(self.sync.run)
                 await nursery.start(self.host.run)
                 await nursery.start(self.compute.run)
-                nursery.start_soon(self.peer_views.run)
                 nursery.start_soon(self._maintenance)
                 nursery.start_soon(self._policy_writer)
                 log.info("event=node_started did=%s addrs=%s coops=%s", self.did,

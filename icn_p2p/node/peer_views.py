@@ -1,11 +1,10 @@
 """What each connected peer says it holds: the coops it serves and their policy versions.
 
-Every node tells its direct neighbours (one note on the shared direct
-stream, not gossip) when it connects, within ``poll_s`` of a policy version
-changing here (however it arrived: gossip, sync, a vote), and every
-``refresh_s`` otherwise. This is what ``icnctl mesh watch`` shows: a
-policy spreading across the mesh, peer by peer. It is informational only;
-nothing is decided on what a peer claims here.
+Asked on demand, not broadcast: ``refresh`` sends each neighbour one small
+request on the shared direct stream and waits briefly for the answers. It
+costs the mesh nothing while nobody looks, and ``icnctl mesh watch`` (which
+asks about once a second) sees a policy spread peer by peer. Informational
+only: nothing is decided on what a peer claims here.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+HEADS_REQUEST = "mesh.heads.request"
 HEADS = "mesh.heads"
 MAX_COOPS = 1024
 
@@ -35,41 +35,40 @@ class PeerView:
 
 
 class PeerViews:
-    def __init__(self, node: "Node", *, poll_s: float = 0.25, refresh_s: float = 10.0) -> None:
+    def __init__(self, node: "Node") -> None:
         self.node = node
-        self.poll_s = poll_s
-        self.refresh_s = refresh_s
         self.views: dict[str, PeerView] = {}
+        self._answered = trio.Event()
+        self._waiting: set[str] = set()
+        node.direct.handle(HEADS_REQUEST, self._on_request)
         node.direct.handle(HEADS, self._on_heads)
-        node.host.on_connection(self._on_connect)
 
     def mine(self) -> dict[str, Any]:
         versions = {coop: head.version for coop, head in self.node.policy_heads().items()}
         return {"coops": list(self.node.config.coops), "versions": versions}
 
-    async def run(self) -> None:
-        last: dict[str, Any] | None = None
-        last_at = trio.current_time()
-        while True:
-            await trio.sleep(self.poll_s)
-            note = self.mine()
-            if note != last or trio.current_time() - last_at >= self.refresh_s:
-                await self._tell_all(note)
-                last, last_at = note, trio.current_time()
+    async def refresh(self, timeout: float = 0.5) -> dict[str, PeerView]:
+        """Ask every connected peer; return the views once all answered or ``timeout`` passed."""
+        peers = self.node.host.connected_peers()
+        self._waiting = {self.node.host.did_for_peer(p) for p in peers}
+        self._answered = trio.Event()
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                for peer in peers:
+                    nursery.start_soon(self._send, peer, HEADS_REQUEST, {})
+            if self._waiting:
+                await self._answered.wait()
+        return self.views
 
-    async def _tell_all(self, note: dict[str, Any]) -> None:
-        async with trio.open_nursery() as nursery:
-            for peer in self.node.host.connected_peers():
-                nursery.start_soon(self._tell, peer, note)
-
-    async def _tell(self, peer: Any, note: dict[str, Any] | None = None) -> None:
+    async def _send(self, peer: Any, type: str, payload: dict[str, Any]) -> None:
         try:
-            await self.node.direct.notify(peer, HEADS, note or self.mine(), timeout=2.0)
+            await self.node.direct.notify(peer, type, payload, timeout=1.0)
         except ConversationError as exc:
             log.debug("event=heads_not_sent peer=%s reason=%s", peer, exc.reason)
 
-    async def _on_connect(self, peer: Any) -> None:
-        await self._tell(peer)
+    async def _on_request(self, env, conv) -> None:
+        peer = self.node.host.peer_for_did(conv.peer_did)
+        self.node._nursery.start_soon(self._send, peer, HEADS, self.mine())
 
     async def _on_heads(self, env, conv) -> None:
         p = env.payload
@@ -80,3 +79,6 @@ class PeerViews:
         clean = {c: v for c, v in list(versions.items())[:MAX_COOPS]
                  if isinstance(c, str) and isinstance(v, int) and v >= 0}
         self.views[conv.peer_did] = PeerView(coops=coops, versions=clean, at_ms=self.node.now_ms())
+        self._waiting.discard(conv.peer_did)
+        if not self._waiting:
+            self._answered.set()
