@@ -533,15 +533,18 @@ class Simulation:
 
     # --- observing --------------------------------------------------------------------
 
-    async def _drain_node(self, i: int) -> None:
+    async def _fetch_events(self, i: int) -> list[tuple[int, dict[str, Any]]]:
         h = self.handles.get(i)
         if h is None or not h.alive:
-            return
+            return []
         try:
-            events = await h.call("events", timeout=10)
+            return [(i, e) for e in await h.call("events", timeout=10)]
         except (NodeGone, RuntimeError, trio.TooSlowError):
-            return
-        for e in events:
+            return []
+
+    def _take_events(self, events: list[tuple[int, dict[str, Any]]]) -> None:
+        """Record (and narrate) events in the order they happened, whichever node saw them."""
+        for i, e in sorted(events, key=lambda ie: ie[1].get("t_ns", 0)):
             if e["kind"] == "policy":
                 self.obs.policy_seen.setdefault(i, []).append((e["coop"], e["version"], e["t_ns"]))
                 self.narrate("policy_seen", {"node": self.sc.node_name(i), "index": i, **e})
@@ -553,6 +556,9 @@ class Simulation:
                 obs.t_final_ns, obs.latency_ms, obs.attempts = e["t_ns"], e.get("latency_ms"), e.get("attempts", 0)
                 self.narrate("final", {"task": obs, "event": e, "executor": self._name_of(obs.executor)})
 
+    async def _drain_node(self, i: int) -> None:
+        self._take_events(await self._fetch_events(i))
+
     def _name_of(self, did: str | None) -> str | None:
         if did is None:
             return None
@@ -562,9 +568,15 @@ class Simulation:
             return did
 
     async def _drain_events(self) -> None:
+        events: list[tuple[int, dict[str, Any]]] = []
+
+        async def one(i: int) -> None:
+            events.extend(await self._fetch_events(i))
+
         async with trio.open_nursery() as n:
             for i in list(self.handles):
-                n.start_soon(self._drain_node, i)
+                n.start_soon(one, i)
+        self._take_events(events)
 
     async def _drain_loop(self) -> None:
         while True:
