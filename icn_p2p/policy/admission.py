@@ -419,7 +419,12 @@ def evaluate(
 
 
 def _fmt_num(x: float) -> str:
-    return f"{x:.1f}" if abs(x - round(x, 1)) < 1e-9 else f"{x:.2f}"
+    """10.0, 9.25, and small figures to 3 significant digits (0.000125), never a misleading 0.00."""
+    if abs(x - round(x, 1)) < 1e-9:
+        return f"{x:.1f}"
+    if abs(x) >= 0.01:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
 
 
 @lru_cache(maxsize=64)
