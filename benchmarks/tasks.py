@@ -1,9 +1,15 @@
 """Submit -> result latency and throughput of trivial tasks on a localhost mesh.
 
-Real nodes in one trio process on 127.0.0.1 (libp2p hosts, SQLite stores,
-wasmtime), fully connected. One node takes submissions; the others execute.
+Real nodes on 127.0.0.1 (libp2p hosts, SQLite stores, wasmtime), fully
+connected: one takes submissions, the others execute. By default every node
+is its own OS process (as deployed; `simulations/child.py` runs each), and the
+timing runs inside the submitting node; ``--in-process`` puts every node in
+this process instead (one interpreter shares all their work).
 
-    python benchmarks/tasks.py [--nodes 5] [--tasks 200] [--concurrency 20] [--json]
+    python benchmarks/tasks.py [--nodes 5] [--tasks 300] [--concurrency 32] [--in-process] [--json]
+
+Latency is measured one task at a time; throughput with ``--concurrency``
+tasks in flight. ``lost`` counts tasks that never reached a final state.
 """
 
 from __future__ import annotations
@@ -12,99 +18,101 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from icn_p2p.core.task import ComputeTask
-from icn_p2p.node.harness import start_nodes
-from icn_p2p.node.lifecycle import TaskState
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ADD = b'(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+from icn_p2p.node.harness import node_config, start_nodes  # noqa: E402
+from icn_p2p.core.clock import OffsetClock  # noqa: E402
+from simulations.agent import NodeAgent  # noqa: E402
+from simulations.backends import ProcessBackend  # noqa: E402
+
+ADD = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
 COOP = "bench-coop"
+POLICY = {"coop_id": COOP, "default_quota": {"cpu_hours_per_month": 1000.0, "max_concurrent_tasks": 100_000,
+                                             "max_priority": "Critical"}}
+RUN = {"coop": COOP, "wat": ADD, "entry": "add", "args": [2, 3], "fuel": 100_000}
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-async def run(nodes: int, tasks: int, concurrency: int, warmup: int) -> dict:
-    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+def summarise(nodes: int, processes: bool, serial: dict, loaded: dict, concurrency: int) -> dict[str, Any]:
+    outcomes: dict[str, int] = {}
+    for part in (serial, loaded):
+        for state, n in part["outcomes"].items():
+            outcomes[state] = outcomes.get(state, 0) + n
+    submitted = sum(outcomes.values())
+    lat, busy = serial["latencies_ms"], loaded["latencies_ms"]
+    return {
+        "nodes": nodes, "processes": processes, "tasks": submitted,
+        "p50_ms": round(statistics.median(lat), 2), "p99_ms": round(percentile(lat, 99), 2),
+        "loaded_p50_ms": round(statistics.median(busy), 2) if busy else None,
+        "loaded_p99_ms": round(percentile(busy, 99), 2) if busy else None,
+        "tasks_per_s": round(len(busy) / loaded["wall_s"], 1), "concurrency": concurrency,
+        "completed": outcomes.get("completed", 0),
+        "lost": submitted - sum(n for s, n in outcomes.items() if s in
+                                ("completed", "failed", "rejected", "cancelled", "expired")),
+        "outcomes": outcomes,
+    }
+
+
+async def run_in_process(nodes: int, tasks: int, concurrency: int, warmup: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         per_node = [{"roles": ["submitter"]}] + [{"roles": ["executor"]} for _ in range(nodes - 1)]
-        async with start_nodes(nodes, Path(tmp), topology="full", coops=[COOP], per_node=per_node,
-                               offer_window_ms=100) as cluster:
-            submitter = cluster[0]
-            await submitter.set_local_policy({
-                "coop_id": COOP,
-                "default_quota": {"cpu_hours_per_month": 1000.0, "max_concurrent_tasks": 100_000,
-                                  "max_priority": "Critical"},
-            })
+        async with start_nodes(nodes, Path(tmp), topology="full", coops=[COOP], per_node=per_node) as cluster:
+            agent = NodeAgent(cluster[0], OffsetClock())
+            await cluster[0].set_local_policy(POLICY)
             with trio.fail_after(10):
                 while not all(n.policy_heads().get(COOP) for n in cluster.nodes):
                     await trio.sleep(0.01)
-
-            latencies: list[float] = []
-            outcomes: dict[str, int] = {}
-            counter = iter(range(10**9))
-
-            async def one(record_it: bool) -> None:
-                i = next(counter)
-                task = ComputeTask(id=f"b{i}", coop_id=COOP, submitter=f"did:icn:m{i % 50}",
-                                   entry="add", args=[i, 1], fuel_limit=100_000)
-                started = time.perf_counter()
-                await submitter.compute.submit(task, ADD)
-                done = await submitter.compute.wait(task.id, timeout=30)
-                elapsed = (time.perf_counter() - started) * 1000
-                state = done.state.value if done else "missing"
-                if record_it:
-                    outcomes[state] = outcomes.get(state, 0) + 1
-                    if done is not None and done.state is TaskState.COMPLETED:
-                        latencies.append(elapsed)
-
-            for _ in range(warmup):
-                await one(False)
-
-            # Latency: one task at a time.
-            serial = min(tasks, 100)
-            for _ in range(serial):
-                await one(True)
-            serial_latencies = list(latencies)
-
-            # Throughput: `concurrency` tasks in flight.
-            latencies.clear()
-            limiter = trio.Semaphore(concurrency)
-            started = time.perf_counter()
-
-            async def guarded() -> None:
-                async with limiter:
-                    await one(True)
-
             async with trio.open_nursery() as nursery:
-                for _ in range(tasks):
-                    nursery.start_soon(guarded)
-            wall = time.perf_counter() - started
-            completed = outcomes.get("completed", 0)
-            submitted = serial + tasks
-            return {
-                "nodes": nodes,
-                "tasks": submitted,
-                "p50_ms": round(statistics.median(serial_latencies), 2),
-                "p99_ms": round(percentile(serial_latencies, 99), 2),
-                "loaded_p50_ms": round(statistics.median(latencies), 2) if latencies else None,
-                "loaded_p99_ms": round(percentile(latencies, 99), 2) if latencies else None,
-                "tasks_per_s": round(len(latencies) / wall, 1),
-                "concurrency": concurrency,
-                "completed": completed,
-                "lost": submitted - sum(outcomes.values()),
-                "outcomes": outcomes,
-            }
+                agent._nursery = nursery
+                await agent.op_run_tasks(count=warmup, concurrency=1, prefix="w", **RUN)
+                serial = await agent.op_run_tasks(count=min(tasks, 100), concurrency=1, prefix="s", **RUN)
+                loaded = await agent.op_run_tasks(count=tasks, concurrency=concurrency, prefix="l", **RUN)
+                nursery.cancel_scope.cancel()
+    return summarise(nodes, False, serial, loaded, concurrency)
+
+
+async def run_processes(nodes: int, tasks: int, concurrency: int, warmup: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        async with trio.open_nursery() as nursery:
+            backend = ProcessBackend(nursery, base)
+            try:
+                handles = []
+                for i in range(nodes):
+                    roles = ["submitter"] if i == 0 else ["executor"]
+                    handles.append(await backend.start(i, node_config(base, i, coops=[COOP], roles=roles)))
+                async with trio.open_nursery() as linker:
+                    for i in range(nodes):
+                        for j in range(i + 1, nodes):
+                            linker.start_soon(lambda a=i, b=j: handles[a].call("link", addr=handles[b].addr()))
+                await handles[0].call("set_policy", body=POLICY)
+                with trio.fail_after(15):
+                    for h in handles:
+                        while COOP not in await h.call("heads"):
+                            await trio.sleep(0.05)
+                sub = handles[0]
+                await sub.call("run_tasks", count=warmup, concurrency=1, prefix="w", timeout=120, **RUN)
+                serial = await sub.call("run_tasks", count=min(tasks, 100), concurrency=1, prefix="s",
+                                        timeout=600, **RUN)
+                loaded = await sub.call("run_tasks", count=tasks, concurrency=concurrency, prefix="l",
+                                        timeout=600, **RUN)
+            finally:
+                await backend.stop_all()
+            nursery.cancel_scope.cancel()
+    return summarise(nodes, True, serial, loaded, concurrency)
 
 
 def main() -> None:
@@ -113,13 +121,17 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--in-process", action="store_true", help="all nodes in this process")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    run = run_in_process if args.in_process else run_processes
     result = trio.run(run, args.nodes, args.tasks, args.concurrency, args.warmup)
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{result['nodes']} nodes, {result['tasks']} trivial tasks")
+    where = "one process" if args.in_process else "one process per node"
+    print(f"{result['nodes']} nodes ({where}), {result['tasks']} trivial tasks")
     print(f"  submit -> result, one at a time: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
     print(f"  with {result['concurrency']} in flight: p50 {result['loaded_p50_ms']} ms, "
           f"p99 {result['loaded_p99_ms']} ms, {result['tasks_per_s']} tasks/s")

@@ -243,5 +243,39 @@ class NodeAgent:
         return {"cpu_s": s.cpu_s if s else None, "rss_mb": s.rss_mb if s else None,
                 "hwm_mb": s.hwm_mb if s else None}
 
+    async def op_heads(self) -> dict[str, int]:
+        """{coop: policy version} held here."""
+        return {coop: head.version for coop, head in self.node.policy_heads().items()}
+
+    async def op_run_tasks(self, coop: str, count: int, concurrency: int, wat: str, entry: str,
+                           args: list[int], fuel: int, prefix: str, members: int = 50) -> dict[str, Any]:
+        """Submit ``count`` tasks here, ``concurrency`` in flight, each waited to its end.
+
+        Timed inside the submitting node, so the figures carry no cost of the
+        request that asked for them (used by ``benchmarks/tasks.py --processes``).
+        """
+        latencies: list[float] = []
+        outcomes: dict[str, int] = {}
+        limiter = trio.Semaphore(concurrency)
+        module = wat.encode()
+
+        async def one(i: int) -> None:
+            async with limiter:
+                task = ComputeTask(id=f"{prefix}{i}", coop_id=coop, submitter=f"did:icn:m{i % members}",
+                                   entry=entry, args=list(args), fuel_limit=fuel)
+                started = time.perf_counter()
+                await self.node.compute.submit(task, module)
+                record = await self.node.compute.wait(task.id, timeout=60)
+                state = record.state.value if record is not None else "missing"
+                outcomes[state] = outcomes.get(state, 0) + 1
+                if state == "completed":
+                    latencies.append((time.perf_counter() - started) * 1000)
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                nursery.start_soon(one, i)
+        return {"latencies_ms": latencies, "outcomes": outcomes, "wall_s": time.perf_counter() - started}
+
     async def op_stop(self) -> None:
         self.stop()
