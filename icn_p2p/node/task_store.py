@@ -1,8 +1,13 @@
 """Durable task records on the submitting node (SQLite, WAL).
 
 Each change is committed before ``save`` returns, so a restarted node knows
-every task it admitted, where it was placed and how it ended. Synchronous and
-thread-safe: the node calls it through ``trio.to_thread``.
+every task it admitted, where it was placed and how it ended. WAL with
+``synchronous=NORMAL``: a committed record survives the process being killed
+(the OS holds the pages); only a power cut can take the last transitions,
+which the submitter would then see as a task that failed at restart. The
+replicated usage and the credit ledger, which must survive even that, sync
+every commit. Synchronous and thread-safe: the node calls it through
+``trio.to_thread``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ class TaskStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"task store schema {version} is newer than this program ({SCHEMA_VERSION})")
