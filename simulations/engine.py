@@ -316,14 +316,28 @@ class Simulation:
         elif isinstance(a, sc.AdvanceClock):
             await self._advance_clock(a)
         elif isinstance(a, sc.Wait):
-            if a.until == "tasks_done":
+            if a.until in ("tasks_done", "settled"):
                 while self._streams_open:
                     await trio.sleep(0.05)
                 await self._drain_tasks(self.sc.scenario.drain_timeout_s)
+            if a.until == "settled":
+                await self._settle()
             if a.seconds:
                 await trio.sleep(a.seconds)
 
     # --- actions ----------------------------------------------------------------------
+
+    async def _settle(self, timeout: float = 30.0) -> None:
+        """Until every live node's usage view is equal (finished tasks' CPU, released slots)."""
+        unfinished = self._unfinished()
+        if unfinished:
+            self.obs.notes.append(f"wait (settled): {len(unfinished)} task(s) still unfinished after "
+                                  f"{self.sc.scenario.drain_timeout_s:.0f} s")
+        ms, equal = await self._converge([c.id for c in self.sc.coops], now_ns(), timeout=timeout)
+        if not equal:
+            self.obs.notes.append(f"wait (settled): usage views still differ after {timeout:.0f} s")
+        self.narrate("phase", {"text": f"settled: every task final, usage views equal after {ms or 0:.0f} ms"
+                               if equal else "not settled: usage views still differ"})
 
     async def _advance_clock(self, a: sc.AdvanceClock) -> None:
         lead_ms = int(getattr(self.backend, "ADVANCE_LEAD_S", 0.0) * 1000)
@@ -382,7 +396,10 @@ class Simulation:
                     if node is None:
                         self.obs.errors.append(f"{label}-{k}: no live submitter")
                         continue
-                    n.start_soon(self._submit_one, node, f"{label}-{idx}-{k}", a, module, label)
+                    if a.sequential:
+                        await self._submit_one(node, f"{label}-{idx}-{k}", a, module, label)
+                    else:
+                        n.start_soon(self._submit_one, node, f"{label}-{idx}-{k}", a, module, label)
         finally:
             self._streams_open -= 1
 

@@ -137,6 +137,9 @@ class Submit(_Action):
     label: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
     utc_hour: int | None = Field(default=None, ge=0, le=23)  # admission time: today at HH:00 UTC
     deadline_s: float | None = Field(default=None, gt=0, le=3600)
+    # one client looping over submit: each submission waits for the node's answer to
+    # the one before, so admissions see each other's claims (the rate is then a ceiling)
+    sequential: bool = False
 
     @field_validator("module")
     @classmethod
@@ -213,9 +216,13 @@ class AdvanceClock(_Action):
 
 
 class Wait(_Action):
+    """Pause the timeline. ``tasks_done``: every submitted task has reached a final
+    state. ``settled``: that, and then every live node holds the same usage view, so
+    the next admission on any node sees every finished task's CPU and released slot."""
+
     action: Literal["wait"]
     seconds: float = Field(default=0, ge=0, le=3600)
-    until: Literal["tasks_done", "time"] = "time"
+    until: Literal["tasks_done", "settled", "time"] = "time"
 
 
 Action = Annotated[Union[SetPolicy, Submit, Kill, Restart, Partition, Heal, AdvanceClock, Wait],
