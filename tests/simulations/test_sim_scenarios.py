@@ -107,3 +107,34 @@ def test_quickstart_with_processes_via_cli(tmp_path):
     assert report["scenario"]["backend"] == "processes"
     assert all(n["rss_mb_max"] and n["cpu_s"] is not None for n in report["nodes"])
     check_report(report, out)
+
+
+async def test_sequential_burst_meets_the_concurrency_cap_and_settled_usage_meets_the_cpu_cap(tmp_path):
+    """One client's burst (each submission after the answer to the one before) of tasks longer than
+    the burst: exactly the cap is admitted. After ``wait until = "settled"`` the other desk, which ran
+    nothing itself, refuses the member by the CPU-hours those tasks used."""
+    scenario = sc.parse_scenario({
+        "scenario": {"name": "settle", "topology": "full"},
+        "nodes": [{"name": "desk", "count": 2, "roles": ["submitter"]},
+                  {"name": "exec", "count": 2, "roles": ["executor"], "concurrency": 2}],
+        "coops": [{"id": "c", "policy": "timebank.json", "publisher": "desk.0",
+                   "patch": {"default_quota": {"max_concurrent_tasks": 2, "cpu_hours_per_month": 0.00001}}}],
+        "members": [{"id": "did:icn:m", "name": "m"}],
+        "timeline": [
+            {"at": 0, "action": "set_policy", "coop": "c"},
+            {"at": 0.5, "action": "submit", "member": "did:icn:m", "coop": "c", "node": "desk.0",
+             "module": "work 200000000", "rate": 100, "count": 6, "sequential": True},
+            {"at": 0.6, "action": "wait", "until": "settled"},
+            {"at": 0.7, "action": "submit", "member": "did:icn:m", "coop": "c", "node": "desk.1",
+             "label": "after", "module": "add", "rate": 100, "count": 2},
+        ],
+        "assertions": [
+            {"name": "cap", "expect": "tasks.by_label.m.admitted == 2 and "
+                                      "tasks.by_label.m.rejected_by.quota.concurrent_tasks == 4"},
+            {"name": "cpu", "expect": "tasks.by_label.after.rejected_by.quota.cpu_hours == 2"},
+            {"name": "done", "expect": "tasks.by_label.m.completed == 2 and tasks.lost == 0"},
+        ],
+    })
+    report = await run_scenario(scenario, tmp_path / "out", in_process=True, workdir=tmp_path / "work")
+    failed = [(a["name"], a["detail"]) for a in report["assertions"] if not a["passed"]]
+    assert not failed, failed

@@ -147,3 +147,13 @@ def test_kill_pick():
     assert s.timeline[-1].pick == "busiest"
     with pytest.raises(sc.ScenarioError, match="timeline.1.kill.pick"):
         load(BASE + '[[timeline]]\nat = 1\naction = "kill"\nnode = "n"\npick = "random"\n')
+
+
+def test_sequential_submit_and_settled_wait():
+    s = load(BASE + '[[timeline]]\nat = 1\naction = "submit"\nmember = "m"\ncoop = "c"\ncount = 2\n'
+                    'sequential = true\n[[timeline]]\nat = 2\naction = "wait"\nuntil = "settled"\n')
+    assert s.timeline[1].sequential is True and s.timeline[2].until == "settled"
+    assert load(BASE + '[[timeline]]\nat = 1\naction = "submit"\nmember = "m"\ncoop = "c"\ncount = 2\n'
+                       ).timeline[1].sequential is False
+    with pytest.raises(sc.ScenarioError, match="timeline.1.wait.until"):
+        load(BASE + '[[timeline]]\nat = 1\naction = "wait"\nuntil = "quiet"\n')
