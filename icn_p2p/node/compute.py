@@ -204,6 +204,7 @@ class ComputeService:
         self._announce_ready = trio.Event()
         self._usage_dirty = trio.Event()
         self._claims: dict[str, _ClaimWaiter] = {}
+        self._admission_locks = [trio.Lock() for _ in range(64)]
         self._records: dict[str, TaskRecord] = {}
         self._decisions: dict[str, PlacementDecision] = {}
         self.events: list[dict[str, Any]] = []
@@ -284,48 +285,52 @@ class ComputeService:
         if existing is not None:
             raise SubmitError("duplicate_task", f"task {task.id} was already submitted")
 
-        version = await self.node.blocking(self.node.policy_store.current, task.coop_id, now)
-        if version is None:
-            raise SubmitError("no_policy", f"coop {task.coop_id} has no policy on this node")
-        usage = await self.node.blocking(self.tracker.get_usage, task.coop_id, task.submitter, now)
-        started = time.perf_counter()
-        decision = evaluate(version.policy, task, task.submitter, usage, now)
-        record_decision_metrics(decision, time.perf_counter() - started)
-        record = TaskRecord(
-            task_id=task.id, coop_id=task.coop_id, submitter=task.submitter, state=TaskState.SUBMITTED,
-            task=task.model_dump(mode="json"), policy_hash=version.policy_hash,
-            policy_version=version.version, adjusted_priority=decision.adjusted_priority.value,
-            decision=decision.model_dump(mode="json"), created_at_ms=now, updated_at_ms=now,
-        )
-        if not decision.allowed:
-            record = record.moved(TaskState.REJECTED, now, reason=explain(decision))
-            await self._save(record)
-            self._emit("TaskRejected", task_id=task.id, submitter=task.submitter, coop=task.coop_id,
-                       reason=record.reason, violations=[v.model_dump(mode="json") for v in decision.violations])
-            log.warning("event=task_rejected task=%s coop=%s member=%s reason=%r",
-                        task.id, task.coop_id, task.submitter, record.reason)
-            return record
-        if decision.violations:
-            self._emit("PolicyViolationAdmitted", task_id=task.id, coop=task.coop_id,
-                       mode=decision.enforcement_mode.value,
-                       violations=[v.model_dump(mode="json") for v in decision.violations])
-
-        if task.scope == ScopeLevel.COMMONS:
-            cost = estimate_cost(task, self.rate)
-            balance = await self.node.blocking(self._credit_balance, task.coop_id, task.submitter)
-            try:
-                await self.node.blocking(lambda: self.credits.reserve(
-                    task.coop_id, task.submitter, task.id, cost, balance, now_ms=now))
-            except InsufficientCredits as exc:
-                record = record.moved(TaskState.REJECTED, now, reason=str(exc),
-                                      detail={"reason": "insufficient_credits", "balance": balance,
-                                              "required": cost})
+        # One admission at a time per member: reading usage, deciding and taking the
+        # concurrency slot (and any credit reservation) form one step, so a burst of
+        # submissions cannot all pass a limit that only the first should.
+        async with self._admission_locks[hash((task.coop_id, task.submitter)) % len(self._admission_locks)]:
+            version = await self.node.blocking(self.node.policy_store.current, task.coop_id, now)
+            if version is None:
+                raise SubmitError("no_policy", f"coop {task.coop_id} has no policy on this node")
+            usage = await self.node.blocking(self.tracker.get_usage, task.coop_id, task.submitter, now)
+            started = time.perf_counter()
+            decision = evaluate(version.policy, task, task.submitter, usage, now)
+            record_decision_metrics(decision, time.perf_counter() - started)
+            record = TaskRecord(
+                task_id=task.id, coop_id=task.coop_id, submitter=task.submitter, state=TaskState.SUBMITTED,
+                task=task.model_dump(mode="json"), policy_hash=version.policy_hash,
+                policy_version=version.version, adjusted_priority=decision.adjusted_priority.value,
+                decision=decision.model_dump(mode="json"), created_at_ms=now, updated_at_ms=now,
+            )
+            if not decision.allowed:
+                record = record.moved(TaskState.REJECTED, now, reason=explain(decision))
                 await self._save(record)
                 self._emit("TaskRejected", task_id=task.id, submitter=task.submitter, coop=task.coop_id,
-                           reason=record.reason, violations=[{"rule": "commons.credits", "reason": str(exc)}])
+                           reason=record.reason, violations=[v.model_dump(mode="json") for v in decision.violations])
+                log.warning("event=task_rejected task=%s coop=%s member=%s reason=%r",
+                            task.id, task.coop_id, task.submitter, record.reason)
                 return record
+            if decision.violations:
+                self._emit("PolicyViolationAdmitted", task_id=task.id, coop=task.coop_id,
+                           mode=decision.enforcement_mode.value,
+                           violations=[v.model_dump(mode="json") for v in decision.violations])
 
-        await self.node.blocking(self.tracker.task_claimed, task.coop_id, task.submitter, task.id, now)
+            if task.scope == ScopeLevel.COMMONS:
+                cost = estimate_cost(task, self.rate)
+                balance = await self.node.blocking(self._credit_balance, task.coop_id, task.submitter)
+                try:
+                    await self.node.blocking(lambda: self.credits.reserve(
+                        task.coop_id, task.submitter, task.id, cost, balance, now_ms=now))
+                except InsufficientCredits as exc:
+                    record = record.moved(TaskState.REJECTED, now, reason=str(exc),
+                                          detail={"reason": "insufficient_credits", "balance": balance,
+                                                  "required": cost})
+                    await self._save(record)
+                    self._emit("TaskRejected", task_id=task.id, submitter=task.submitter, coop=task.coop_id,
+                               reason=record.reason, violations=[{"rule": "commons.credits", "reason": str(exc)}])
+                    return record
+
+            await self.node.blocking(self.tracker.task_claimed, task.coop_id, task.submitter, task.id, now)
         self._usage_changed(task.coop_id)
         record = record.moved(TaskState.ADMITTED, now, reason=None,
                               detail={"adjusted_priority": decision.adjusted_priority.value})

@@ -228,3 +228,25 @@ async def test_restarted_executor_that_forgot_the_task_is_detected_quickly(tmp_p
         assert first.did in r.excluded_executors
         assert "no longer runs" in r.reason or "left the mesh" in r.reason or "stopped answering" in r.reason
         await a.compute.cancel("t1")
+
+
+async def test_a_burst_of_submissions_cannot_pass_the_concurrency_limit_together(tmp_path):
+    async with start_nodes(2, tmp_path, topology="full", coops=[COOP]) as cluster:
+        a = cluster[0]
+        body = policy()
+        body["default_quota"]["max_concurrent_tasks"] = 2
+        await a.set_local_policy(body)
+        await wait_policy(cluster)
+        records = {}
+
+        async def one(i):
+            records[i] = await a.compute.submit(task(i, entry="spin", args=[], fuel_limit=10**15), SPIN.encode())
+
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(one, i)
+        states = [r.state for r in records.values()]
+        assert states.count(TaskState.ADMITTED) == 2 and states.count(TaskState.REJECTED) == 6
+        for i, r in records.items():
+            if r.state is TaskState.ADMITTED:
+                await a.compute.cancel(r.task_id)
