@@ -306,13 +306,16 @@ def policy_history(
         return
     table = _table(f"policy history of {coop_id}", [
         ("version", "num"), ("set at (UTC)", "id"), ("set by", "id"), ("governed", "text"),
-        ("status", "text"), ("reason", "text"), ("hash", "id"),
+        ("approvers", "num"), ("status", "text"), ("reason", "text"), ("changes", "text"), ("hash", "id"),
     ])
     for v in result["versions"]:
         table.add_row(str(v["version"]), when(v.get("set_at_ms")), short(v.get("set_by")),
-                      "yes" if v.get("governed") else "no", v.get("status", "active"), v.get("reason") or "",
-                      v["content_hash"][:12])
+                      "yes" if v.get("governed") else "no", str(v.get("approvers", 0)), v.get("status", "active"),
+                      v.get("reason") or "", v.get("changes") or "", v["content_hash"][:12])
     table_console().print(table)
+    approvers = [(v["version"], v.get("approver_dids") or []) for v in result["versions"] if v.get("approver_dids")]
+    for version, dids in approvers:
+        _print(f"version {version} approved by: {', '.join(dids)}")
 
 
 # --- quota ---------------------------------------------------------------------------
