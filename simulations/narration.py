@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import schema as sc
@@ -110,11 +111,11 @@ class Narrator:
             self.reasons_shown.add(key)
             hour = f" (admission time {t.utc_hour:02d}:01 UTC)" if t.utc_hour is not None else ""
             self.print(f"[red]REJECT[/red] {t.task_id} from {_member(t.member)} on {d['node']}{hour}:")
-            for line in (t.reason or "").splitlines():
-                self.print(f"[red]    {line}[/red]")
+            for line in (t.reason or "").splitlines():  # escaped: "[quota.max_priority]" is not markup
+                self.print(f"[red]    {escape(line)}[/red]")
             return
         if t.state == "error":
-            self.print(f"[red]ERROR[/red] {t.task_id}: {t.reason}")
+            self.print(f"[red]ERROR[/red] {t.task_id}: {escape(t.reason or '')}")
             return
         self.shown[(t.label, "admitted")] += 1
         if self.shown[(t.label, "admitted")] <= SHOW_PER_LABEL:
