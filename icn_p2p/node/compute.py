@@ -822,7 +822,11 @@ class ComputeService:
                 await self.direct.notify(peer, REFUSE, {"task_id": task.id, "reason": refusal})
                 return
             self._running[task.id] = _Running(submitter=submitter)
-            await self.direct.notify(peer, ACCEPT, {"task_id": task.id})
+            try:
+                await self.direct.notify(peer, ACCEPT, {"task_id": task.id})
+            except ConversationError:
+                self._running.pop(task.id, None)  # never accepted: nothing to run
+                raise
             try:
                 payload = await self._execute(claim, submitter)
             except ConversationError as exc:
