@@ -24,6 +24,7 @@ from typing import Annotated, Any, Iterator, NoReturn, Optional
 import typer
 
 from icn_p2p.api.defaults import DEFAULT_NODE_URL, TOKEN_FILE_NAME
+from icn_p2p.api.schemas import TERMINAL_TASK_STATES
 from icn_p2p.cli.client import ClientError, NodeUnreachable, RpcCallError, RpcClient
 from icn_p2p.cli.output import BadInput, emit_json, issues_from_validation, load_json_file
 
@@ -32,7 +33,6 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_REJECTED = 3
 
-TERMINAL_STATES = ("completed", "failed", "rejected", "cancelled", "expired")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document (full DIDs).")]
 CoopOpt = Annotated[str, typer.Option("--coop-id", help="Cooperative id.", show_default=False)]
@@ -434,7 +434,7 @@ def _wait(ctx: typer.Context, as_json: bool, task_id: str, timeout: float, inter
             while True:
                 task = client.call("compute.status", task_id=task_id)
                 progress.update(bar, description=f"task {task_id}: {task['state']}")
-                if task["state"] in TERMINAL_STATES:
+                if task["state"] in TERMINAL_TASK_STATES:
                     return task
                 if time.monotonic() >= deadline:
                     fail(f"task {task_id} still {task['state']} after {timeout:g} s", as_json=as_json,

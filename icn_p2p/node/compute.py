@@ -633,26 +633,20 @@ class ComputeService:
                 or receipt.task_hash != task.task_hash()):
             metrics.MESSAGES_DROPPED.labels("direct", "forged_receipt").inc()
             raise ConversationError("forged_receipt", f"receipt for {task.id} from {did} does not verify")
-        record = self._records[task.id]
         result = {"values": payload.get("values", []), "outcome": receipt.outcome.value,
                   "error": payload.get("error")}
         if receipt.outcome is Outcome.COMPLETED:
             self.trust.record_success(did, self.node.now_ms())
             await self.node.blocking(self.tracker.task_completed, task.coop_id, task.submitter, task.id,
                                      self.node.now_ms())
-            await self._settle_credits(task, receipt)
-            await self._finish(record, TaskState.COMPLETED, None, result=result,
-                               receipt=_jsonable(receipt.to_wire()), executor=did)
+            state, reason = TaskState.COMPLETED, None
+        elif receipt.outcome is Outcome.CANCELLED and pending.cancelled:
+            state, reason = TaskState.CANCELLED, "cancelled by the submitter"
         else:
-            if receipt.outcome in (Outcome.CANCELLED,) and pending.cancelled:
-                await self._settle_credits(task, receipt)
-                await self._finish(record, TaskState.CANCELLED, "cancelled by the submitter",
-                                   result=result, receipt=_jsonable(receipt.to_wire()), executor=did)
-                return None
-            await self._settle_credits(task, receipt)
-            reason = f"{receipt.outcome.value}: {payload.get('error') or ''}".strip(": ")
-            await self._finish(record, TaskState.FAILED, reason, result=result,
-                               receipt=_jsonable(receipt.to_wire()), executor=did)
+            state, reason = TaskState.FAILED, f"{receipt.outcome.value}: {payload.get('error') or ''}".strip(": ")
+        await self._settle_credits(task, receipt)
+        await self._finish(self._records[task.id], state, reason, result=result,
+                           receipt=_jsonable(receipt.to_wire()), executor=did)
         return None
 
     async def _settle_credits(self, task: ComputeTask, receipt: Receipt) -> None:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
+from icn_p2p.core.clock import SystemClock
 from icn_p2p.core.policy import CoopSchedulingPolicy
 from icn_p2p.net.gossip import TOPIC_POLICY, Delivery
 from icn_p2p.policy.governance import (
@@ -44,10 +44,6 @@ log = logging.getLogger(__name__)
 APPROVAL = "governance.approval"
 DOMAIN = "governance.domain"
 DEFAULT_PROPOSAL_TTL_MS = 7 * 24 * 3600 * 1000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def approval_schema(env: Envelope, topic: str) -> Reason | None:
@@ -74,7 +70,7 @@ class DomainSource:
 
     def __init__(self, store: PolicyStore, *, clock_ms=None) -> None:
         self.store = store
-        self.clock_ms = clock_ms or now_ms
+        self.clock_ms = clock_ms or SystemClock().now_ms
 
     def scopes(self) -> list[str]:
         return [""]

@@ -10,9 +10,9 @@ in worker threads.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from icn_p2p.core.clock import SystemClock
 from icn_p2p.net.gossip import TOPIC_POLICY, USAGE_TOPIC_FAMILY, USAGE_TOPIC_PREFIX
 from icn_p2p.policy.governance import GovernanceError, PolicyAct
 from icn_p2p.policy.store import PolicyStore
@@ -23,10 +23,6 @@ from icn_p2p.wire import Envelope, Reason
 POLICY_ACT = "policy.act"
 USAGE_ENTRY = "usage.entry"
 POLICY_SCOPE = ""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def policy_act_schema(env: Envelope, topic: str) -> Reason | None:
@@ -56,7 +52,7 @@ class PolicySource:
 
     def __init__(self, store: PolicyStore, *, clock_ms=None) -> None:
         self.store = store
-        self.clock_ms = clock_ms or now_ms
+        self.clock_ms = clock_ms or SystemClock().now_ms
 
     def scopes(self) -> list[str]:
         return [POLICY_SCOPE]
