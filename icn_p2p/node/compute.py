@@ -49,7 +49,7 @@ from icn_p2p.core.task import Capacity, ComputeTask, ExecutorInfo
 from icn_p2p.executor import ExecutionRequest, Executor, ExecutorQueue, verify_receipt
 from icn_p2p.executor.queue import QueueFull
 from icn_p2p.net.direct import Conversation, ConversationError
-from icn_p2p.net.gossip import TOPIC_COMPUTE, Delivery, usage_topic
+from icn_p2p.net.gossip import TOPIC_COMPUTE, Delivery
 from icn_p2p.policy.admission import evaluate, explain, record_decision_metrics
 from icn_p2p.policy.filtering import check_executor
 from icn_p2p.scheduler import (
@@ -69,7 +69,6 @@ from icn_p2p.usage.tracker import UsageTracker
 
 from .config import ComputeSettings
 from .lifecycle import TaskRecord, TaskState
-from .sources import USAGE_ENTRY
 from .task_store import TaskStore
 
 if TYPE_CHECKING:
@@ -204,6 +203,7 @@ class ComputeService:
         self._announce_ready = trio.Event()
         self._usage_dirty = trio.Event()
         self._claims: dict[str, _ClaimWaiter] = {}
+        self._claimed_at: dict[str, dict[str, int]] = {}  # executor -> task -> claim sent (ms)
         self._admission_locks = [trio.Lock() for _ in range(64)]
         self._records: dict[str, TaskRecord] = {}
         self._decisions: dict[str, PlacementDecision] = {}
@@ -420,22 +420,28 @@ class ComputeService:
         excluded: list[str] = []
         attempts = 0
         backoff = self.settings.reannounce_ms
+        announce = True
         try:
             with trio.CancelScope(deadline=_deadline_trio(pending.deadline_ms, self.node.now_ms())) as scope:
                 pending.cancel = scope
                 while attempts < self.settings.max_attempts:
-                    decision = await self._collect_and_place(pending, excluded)
+                    decision = await self._collect_and_place(pending, excluded, announce=announce)
                     if not decision.placed:
                         await self._move(task.id, TaskState.WAITING, "no feasible executor yet",
                                          waiting_for=decision.waiting_for)
-                        # Offers that arrive late are kept; one arriving ends the wait early.
+                        # Offers that arrive late are kept, and one arriving ends the wait:
+                        # the task is placed on what has arrived, without announcing it again
+                        # (on a loaded mesh, announcing again would only add to the load that
+                        # made the offers late). Silence until the backoff announces again.
                         pending.offer_arrived = trio.Event()
                         with trio.move_on_after(backoff / 1000) as waited:
                             await pending.offer_arrived.wait()
-                        if waited.cancelled_caught:
+                        announce = waited.cancelled_caught
+                        if announce:
                             backoff = min(backoff * 2, self.settings.reannounce_max_ms)
                         continue
                     backoff = self.settings.reannounce_ms
+                    announce = True
                     outcome = await self._claim_and_run(pending, decision, excluded)
                     if outcome is None:
                         return
@@ -465,7 +471,10 @@ class ComputeService:
             self._pending.pop(task.id, None)
             pending.done.set()
 
-    async def _collect_and_place(self, pending: _Pending, excluded: list[str]) -> PlacementDecision:
+    async def _collect_and_place(self, pending: _Pending, excluded: list[str], *,
+                                 announce: bool = True) -> PlacementDecision:
+        """Rank the offers kept so far plus, when ``announce``, those an announcement brings
+        within the offer window."""
         task = pending.task
         now = self.node.now_ms()
         feasible = feasibility_check(task, pending.constraints, trust=self.trust,
@@ -480,7 +489,7 @@ class ComputeService:
                 window.add(receive.receive_nowait(), self.node.now_ms())
             except trio.WouldBlock:
                 break
-        if not window.closed(self.node.now_ms()):
+        if announce and not window.closed(self.node.now_ms()):
             self._announce({
                 "task": task.model_dump(mode="json"),
                 "adjusted_priority": pending.adjusted.value,
@@ -497,8 +506,9 @@ class ComputeService:
                 while not window.closed(self.node.now_ms()):
                     window.add(await receive.receive(), self.node.now_ms())
         offers = list(window.offers)
-        rtt_offers = [o.with_rtt(self._rtt_for(o.did)) for o in offers]
-        decision = place(task, pending.constraints, rtt_offers, trust=self.trust,
+        seen = [o.with_rtt(self._rtt_for(o.did)).with_claims_since(list(self._claimed_at.get(o.did, {}).values()))
+                for o in offers]
+        decision = place(task, pending.constraints, seen, trust=self.trust,
                          min_trust=self.node.config.trust.min_trust, now_ms=self.node.now_ms())
         PLACEMENT_SECONDS.observe(time.perf_counter() - started)
         if not decision.placed and not offers:
@@ -553,6 +563,15 @@ class ComputeService:
         shared streams, matched by task id. An executor that disconnects, or
         does not answer in time, raises ``ConversationError`` (placed again).
         """
+        task = pending.task
+        claimed = self._claimed_at.setdefault(did, {})
+        claimed[task.id] = self.node.now_ms()
+        try:
+            return await self._claim_on(pending, did)
+        finally:
+            claimed.pop(task.id, None)
+
+    async def _claim_on(self, pending: _Pending, did: str) -> str | None:
         task = pending.task
         claim = {
             "task": task.model_dump(mode="json"), "module": pending.module,
@@ -951,9 +970,11 @@ class ComputeService:
             vv[me] = self._published.get(coop_id, 0)
             return [e for e in store.delta_since(coop_id, vv) if e.entry.writer == me]
 
-        for signed in await self.node.blocking(changed):
-            await self.node.publish(usage_topic(coop_id), USAGE_ENTRY, signed.to_wire())
-            self._published[coop_id] = max(self._published.get(coop_id, 0), signed.entry.version)
+        entries = await self.node.blocking(changed)
+        if entries:
+            await self.node.publish_usage(coop_id, entries)
+            self._published[coop_id] = max(self._published.get(coop_id, 0),
+                                           max(e.entry.version for e in entries))
 
     async def _save(self, record: TaskRecord) -> None:
         self._records[record.task_id] = record

@@ -34,11 +34,14 @@ from icn_p2p.node.config import NodeConfig
 from icn_p2p.node.governance import GovernanceService
 from icn_p2p.node.peer_views import PeerViews
 from icn_p2p.node.sources import (
+    MAX_USAGE_BATCH,
     POLICY_ACT,
+    USAGE_ENTRIES,
     USAGE_ENTRY,
     PolicySource,
     UsageSource,
     policy_act_schema,
+    usage_entries_schema,
     usage_entry_schema,
 )
 from icn_p2p.policy.governance import PolicyAct, make_local_act
@@ -65,6 +68,7 @@ class Node:
         self.types = MessageTypes()
         self.types.register(POLICY_ACT, TOPIC_POLICY, policy_act_schema)
         self.types.register(USAGE_ENTRY, "icn/usage/1/*", usage_entry_schema)
+        self.types.register(USAGE_ENTRIES, "icn/usage/1/*", usage_entries_schema)
         self.sealer = Sealer(self.key, clock=self.clock)
         self.host = MeshHost(self.key, HostSettings(
             listen=list(config.listen),
@@ -90,6 +94,7 @@ class Node:
                          limiter=self.db_limiter, on_invalid=self.gossip.penalize)
         self.gossip.handle(POLICY_ACT, self._on_policy_act)
         self.gossip.handle(USAGE_ENTRY, self._on_usage_entry)
+        self.gossip.handle(USAGE_ENTRIES, self._on_usage_entries)
         self.direct = DirectChannel(self.host, self.sealer)
         self.compute = ComputeService(self, config.compute)
         self.governance = GovernanceService(self)
@@ -101,6 +106,8 @@ class Node:
         self.policy_updates = 0
         # Acts received by gossip wait here for the store writer (see _on_policy_act).
         self._acts_send, self._acts_recv = trio.open_memory_channel(10_000)
+        # Usage entries received by gossip wait here for the usage writer (see _on_usage_entries).
+        self._usage_send, self._usage_recv = trio.open_memory_channel(10_000)
 
     # --- plug-in seam ----------------------------------------------------------
 
@@ -183,6 +190,7 @@ class Node:
                 await nursery.start(self.compute.run)
                 nursery.start_soon(self._maintenance)
                 nursery.start_soon(self._policy_writer)
+                nursery.start_soon(self._usage_writer)
                 log.info("event=node_started did=%s addrs=%s coops=%s", self.did,
                          self.listen_addrs(), self.config.coops)
                 self.started.set()
@@ -281,12 +289,51 @@ class Node:
     # --- usage ---------------------------------------------------------------------
 
     async def _on_usage_entry(self, delivery: Delivery) -> None:
-        await self.blocking(self.usage_store.merge, [delivery.envelope.payload])
+        await self._usage_send.send([delivery.envelope.payload])
+
+    async def _on_usage_entries(self, delivery: Delivery) -> None:
+        """Hand the entries to the usage writer: gossip delivery never waits on SQLite.
+
+        (Entries still queued when the node stops are pulled again by sync.)
+        """
+        await self._usage_send.send(delivery.envelope.payload["entries"])
+
+    async def _usage_writer(self) -> None:
+        """Merge received entries in batches: one transaction (one fsync) for all that wait."""
+        async for items in self._usage_recv:
+            batch = list(items)
+            while len(batch) < 4 * MAX_USAGE_BATCH:
+                try:
+                    batch.extend(self._usage_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self.blocking(self.usage_store.merge, batch)
+            except Exception as exc:  # sync repairs what this batch would have brought
+                log.warning("event=usage_merge_failed entries=%d error=%r", len(batch), exc)
+
+    async def publish_usage(self, coop_id: str, entries: list[SignedUsageEntry]) -> None:
+        """Gossip this node's own signed entries on the coop's topic, many to a message.
+
+        Only for a coop this node serves. A batch that would not fit the mesh's
+        message size is split; anything lost on the way is repaired by sync.
+        """
+        if coop_id not in self.config.coops:
+            return
+        topic = usage_topic(coop_id)
+        chunks = [entries[i:i + MAX_USAGE_BATCH] for i in range(0, len(entries), MAX_USAGE_BATCH)]
+        while chunks:
+            chunk = chunks.pop(0)
+            data = self.sealer.seal(USAGE_ENTRIES, {"coop_id": coop_id, "entries": [e.to_wire() for e in chunk]})
+            if len(data) > self.limits.max_bytes and len(chunk) > 1:
+                half = len(chunk) // 2
+                chunks[:0] = [chunk[:half], chunk[half:]]
+                continue
+            await self.gossip.publish(topic, data)
 
     async def record_usage(self, coop_id: str, member: str, **counters: int) -> SignedUsageEntry:
         """Add to this node's usage entry and gossip the signed entry on the coop's topic."""
         entry = await self.blocking(lambda: self.usage_store.increment(coop_id, member, **counters))
         signed = SignedUsageEntry.sign(entry, self.key)
-        if coop_id in self.config.coops:
-            await self.publish(usage_topic(coop_id), USAGE_ENTRY, signed.to_wire())
+        await self.publish_usage(coop_id, [signed])
         return signed

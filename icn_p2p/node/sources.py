@@ -1,7 +1,8 @@
 """The node's replicated state as sync sources and gossip message types.
 
 These adapters are where the network's generic plumbing meets the stores:
-they name the envelope types (``policy.act``, ``usage.entry``), give each a
+they name the envelope types (``policy.act``, ``usage.entry``,
+``usage.entries``), give each a
 schema hook (structure only: signatures inside the payload and every business
 rule are the store's job at ingest) and expose the stores' digests and deltas
 to the sync protocol. All methods are synchronous (SQLite); callers run them
@@ -22,6 +23,11 @@ from icn_p2p.wire import Envelope, Reason
 
 POLICY_ACT = "policy.act"
 USAGE_ENTRY = "usage.entry"
+#: Gossip of a node's own changed usage entries, many to a message: a member's
+#: entry changes with every task, and one message per entry would cost every
+#: node of the coop its transport and validation work per change.
+USAGE_ENTRIES = "usage.entries"
+MAX_USAGE_BATCH = 256
 POLICY_SCOPE = ""
 
 
@@ -40,6 +46,33 @@ def usage_entry_schema(env: Envelope, topic: str) -> Reason | None:
         return Reason.BAD_SCHEMA
     if topic and topic != USAGE_TOPIC_PREFIX + entry.entry.coop_id:
         return Reason.WRONG_TOPIC  # a coop's usage travels only on its own topic
+    return None
+
+
+def usage_entries_schema(env: Envelope, topic: str) -> Reason | None:
+    """``{coop_id, entries: [signed entry, ...]}``: the signer's own entries for the topic's coop.
+
+    Each node gossips only what it wrote, so every entry's writer is the
+    envelope's signer, whose signature the router has checked before this
+    runs; the entries' own signatures are checked when they are merged.
+    """
+    p = env.payload
+    if not isinstance(p, dict) or set(p) != {"coop_id", "entries"}:
+        return Reason.BAD_SCHEMA
+    coop, items = p["coop_id"], p["entries"]
+    if not isinstance(coop, str) or not isinstance(items, list) or not 1 <= len(items) <= MAX_USAGE_BATCH:
+        return Reason.BAD_SCHEMA
+    if topic and topic != USAGE_TOPIC_PREFIX + coop:
+        return Reason.WRONG_TOPIC
+    for item in items:
+        try:
+            entry = SignedUsageEntry.from_wire(item).entry
+        except (UsageRejection, Exception):
+            return Reason.BAD_SCHEMA
+        if entry.coop_id != coop:
+            return Reason.WRONG_TOPIC
+        if entry.writer != env.signer:
+            return Reason.BAD_SIGNER
     return None
 
 

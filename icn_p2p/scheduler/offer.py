@@ -29,6 +29,20 @@ class Offer(BaseModel):
         """The same offer with the submitter's own RTT measurement."""
         return self.model_copy(update={"rtt_ms": None if rtt_ms is None else float(rtt_ms)})
 
+    def with_claims_since(self, claimed_at_ms: list[int]) -> Offer:
+        """The same offer with the claims this submitter sent the executor after it was made.
+
+        An offer's queue depth is a snapshot; in a burst, every offer in a
+        window predates the claims the window leads to, so without this the
+        same executor would win them all. Claims older than the offer are
+        already in its queue depth and are not counted again.
+        """
+        extra = sum(1 for t in claimed_at_ms if t >= self.offered_at_ms)
+        if not extra:
+            return self
+        executor = self.executor.model_copy(update={"queue_depth": self.executor.queue_depth + extra})
+        return self.model_copy(update={"executor": executor})
+
     @classmethod
     def from_wire(cls, data: Any, *, rtt_ms: float | None = None) -> Offer:
         """Validate an offer received from the network, replacing any claimed RTT."""
