@@ -52,6 +52,7 @@ def b58decode(text: str) -> bytes:
     return b"\0" * pad + body
 
 
+@lru_cache(maxsize=65536)
 def did_from_public_key(public_key: bytes) -> str:
     """``did:key:z6Mk…``: multibase base58btc of the Ed25519 multicodec and the key."""
     if len(public_key) != 32:

@@ -124,6 +124,7 @@ class MeshHost:
     def __init__(self, key: NodeKey, settings: HostSettings | None = None) -> None:
         self.key = key
         self.settings = settings or HostSettings()
+        self._listen_addrs: list[str] = []  # known once listening
         key_pair = key.libp2p_key_pair()
         noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
         self.libp2p = new_host(
@@ -176,13 +177,21 @@ class MeshHost:
         return peer_for_did(did)
 
     def listen_addrs(self) -> list[str]:
-        """Full dialable addresses, each ending in ``/p2p/<peer id>``."""
+        """Full dialable addresses, each ending in ``/p2p/<peer id>``.
+
+        Asking the library walks every listener and transport (milliseconds);
+        every announcement carries these, so they are kept once known.
+        """
+        if self._listen_addrs:
+            return list(self._listen_addrs)
         suffix = f"/p2p/{self.peer_id.to_base58()}"
         out = []
         for addr in self.libp2p.get_addrs():
             text = str(addr)
             out.append(text if "/p2p/" in text else text + suffix)
-        return out
+        if self.running:
+            self._listen_addrs = out
+        return list(out)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -208,6 +217,7 @@ class MeshHost:
                     nursery.cancel_scope.cancel()
         finally:
             self.running = False
+            self._listen_addrs = []
             self._nursery = None
             await self._close_network()
             PEERS.set(0)

@@ -284,7 +284,7 @@ class _LargeRpcQueue(RpcQueue):
 # --- 6. The router ------------------------------------------------------------------------
 
 class TunedGossipSub(GossipSub):
-    """GossipSub that does not repeat our peer record in message RPCs.
+    """GossipSub without the peer scorer, that does not repeat our peer record in message RPCs.
 
     The library attaches our signed peer record (~170 bytes, a quarter of a
     policy act) to every RPC, including every forwarded message. A peer
@@ -295,6 +295,13 @@ class TunedGossipSub(GossipSub):
     """
 
     _stripped: tuple[rpc_pb2.RPC, rpc_pb2.RPC] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The library's peer scorer runs with zero weights here (our validator keeps
+        # its own penalties and bans) yet is consulted on every forwarded message;
+        # the router checks ``scorer is not None`` at each use.
+        self.scorer = None
 
     def send_rpc(self, peer_id, rpc: rpc_pb2.RPC, priority: bool = False) -> None:
         if rpc.publish and rpc.HasField("senderRecord"):

@@ -69,6 +69,7 @@ from icn_p2p.usage.tracker import UsageTracker
 
 from .config import ComputeSettings
 from .lifecycle import TaskRecord, TaskState
+from .record_writer import RecordWriter
 from .task_store import TaskStore
 
 if TYPE_CHECKING:
@@ -193,6 +194,7 @@ class ComputeService:
                                  wall_ms=self.settings.wall_ms, clock=node.clock)
         self.tracker: UsageTracker | None = None
         self.tasks: TaskStore | None = None
+        self.writer: RecordWriter | None = None
         self.credits: CreditLedger | None = None
         self.direct = node.direct
         self._pending: dict[str, _Pending] = {}
@@ -206,6 +208,7 @@ class ComputeService:
         self._claimed_at: dict[str, dict[str, int]] = {}  # executor -> task -> claim sent (ms)
         self._admission_locks = [trio.Lock() for _ in range(64)]
         self._records: dict[str, TaskRecord] = {}
+        self._admitting: set[str] = set()
         self._decisions: dict[str, PlacementDecision] = {}
         self.events: list[dict[str, Any]] = []
         self._nursery: trio.Nursery | None = None
@@ -224,9 +227,15 @@ class ComputeService:
         """Blocking: open the task and credit stores (called in a worker thread)."""
         self.tracker = UsageTracker(self.node.usage_store)
         self.tasks = TaskStore(data_dir / "tasks.db")
+        self.writer = RecordWriter(self.tasks, self.node.blocking)
         self.credits = CreditLedger(data_dir / "credits.db", clock=self.node.clock)
 
     def close_stores(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.drain()
+            except Exception as exc:  # pragma: no cover - best effort at shutdown
+                log.warning("event=task_records_not_written_at_stop error=%r", exc)
         for store in (self.tasks, self.credits):
             if store is not None:
                 try:
@@ -239,6 +248,7 @@ class ComputeService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self.queue.run)
+            nursery.start_soon(self.writer.run)
             nursery.start_soon(self._usage_flusher)
             nursery.start_soon(self._announcer)
             await self._resume_unfinished()
@@ -281,60 +291,33 @@ class ComputeService:
             task = task.model_copy(update={"module_hash": module_hash(module)})
         if task.coop_id not in self.node.config.coops:
             raise SubmitError("coop_not_served", f"this node does not serve coop {task.coop_id}")
-        existing = self._records.get(task.id) or await self.node.blocking(self.tasks.get, task.id)
-        if existing is not None:
+        if task.id in self._records or task.id in self._admitting:
             raise SubmitError("duplicate_task", f"task {task.id} was already submitted")
 
         # One admission at a time per member: reading usage, deciding and taking the
         # concurrency slot (and any credit reservation) form one step, so a burst of
         # submissions cannot all pass a limit that only the first should.
-        async with self._admission_locks[hash((task.coop_id, task.submitter)) % len(self._admission_locks)]:
-            version = await self.node.blocking(self.node.policy_store.current, task.coop_id, now)
-            if version is None:
-                raise SubmitError("no_policy", f"coop {task.coop_id} has no policy on this node")
-            usage = await self.node.blocking(self.tracker.get_usage, task.coop_id, task.submitter, now)
-            started = time.perf_counter()
-            decision = evaluate(version.policy, task, task.submitter, usage, now)
-            record_decision_metrics(decision, time.perf_counter() - started)
-            record = TaskRecord(
-                task_id=task.id, coop_id=task.coop_id, submitter=task.submitter, state=TaskState.SUBMITTED,
-                task=task.model_dump(mode="json"), policy_hash=version.policy_hash,
-                policy_version=version.version, adjusted_priority=decision.adjusted_priority.value,
-                decision=decision.model_dump(mode="json"), created_at_ms=now, updated_at_ms=now,
-            )
-            if not decision.allowed:
-                record = record.moved(TaskState.REJECTED, now, reason=explain(decision))
-                await self._save(record)
-                self._emit("TaskRejected", task_id=task.id, submitter=task.submitter, coop=task.coop_id,
-                           reason=record.reason, violations=[v.model_dump(mode="json") for v in decision.violations])
-                log.warning("event=task_rejected task=%s coop=%s member=%s reason=%r",
-                            task.id, task.coop_id, task.submitter, record.reason)
-                return record
-            if decision.violations:
-                self._emit("PolicyViolationAdmitted", task_id=task.id, coop=task.coop_id,
-                           mode=decision.enforcement_mode.value,
-                           violations=[v.model_dump(mode="json") for v in decision.violations])
-
-            if task.scope == ScopeLevel.COMMONS:
-                cost = estimate_cost(task, self.rate)
-                balance = await self.node.blocking(self._credit_balance, task.coop_id, task.submitter)
-                try:
-                    await self.node.blocking(lambda: self.credits.reserve(
-                        task.coop_id, task.submitter, task.id, cost, balance, now_ms=now))
-                except InsufficientCredits as exc:
-                    record = record.moved(TaskState.REJECTED, now, reason=str(exc),
-                                          detail={"reason": "insufficient_credits", "balance": balance,
-                                                  "required": cost})
-                    await self._save(record)
-                    self._emit("TaskRejected", task_id=task.id, submitter=task.submitter, coop=task.coop_id,
-                               reason=record.reason, violations=[{"rule": "commons.credits", "reason": str(exc)}])
-                    return record
-
-            await self.node.blocking(self.tracker.task_claimed, task.coop_id, task.submitter, task.id, now)
+        self._admitting.add(task.id)
+        try:
+            async with self._admission_locks[hash((task.coop_id, task.submitter)) % len(self._admission_locks)]:
+                record, decision, refusal = await self.node.blocking(self._admit, task, now)
+        finally:
+            self._admitting.discard(task.id)
+        self._records[task.id] = record
+        TASKS_BY_STATE.labels(record.state.value).inc()
+        if record.state is TaskState.REJECTED:
+            violations = ([{"rule": "commons.credits", "reason": str(refusal)}] if refusal is not None
+                          else [v.model_dump(mode="json") for v in decision.violations])
+            self._emit("TaskRejected", task_id=task.id, submitter=task.submitter, coop=task.coop_id,
+                       reason=record.reason, violations=violations)
+            log.warning("event=task_rejected task=%s coop=%s member=%s reason=%r",
+                        task.id, task.coop_id, task.submitter, record.reason)
+            return record
+        if decision.violations:
+            self._emit("PolicyViolationAdmitted", task_id=task.id, coop=task.coop_id,
+                       mode=decision.enforcement_mode.value,
+                       violations=[v.model_dump(mode="json") for v in decision.violations])
         self._usage_changed(task.coop_id)
-        record = record.moved(TaskState.ADMITTED, now, reason=None,
-                              detail={"adjusted_priority": decision.adjusted_priority.value})
-        await self._save(record)
         deadline = task.deadline_ms or (now + self.settings.default_deadline_ms)
         send, receive = trio.open_memory_channel(256)
         pending = _Pending(task=task, module=module, constraints=decision.constraints,
@@ -343,6 +326,50 @@ class ComputeService:
         self._pending[task.id] = pending
         self._nursery.start_soon(self._drive, pending)
         return record
+
+    def _admit(self, task: ComputeTask, now: int) -> tuple[TaskRecord, Any, InsufficientCredits | None]:
+        """Blocking: admit or reject ``task`` and commit the outcome, in one worker-thread call.
+
+        Reads the coop's current policy and the member's merged usage, decides,
+        and for an admitted task takes the member's concurrency slot and any
+        Commons credit reservation; the record is committed before returning,
+        so a node killed a moment later still knows the task whose slot it took.
+        """
+        if self.tasks.get(task.id) is not None:
+            raise SubmitError("duplicate_task", f"task {task.id} was already submitted")
+        version = self.node.policy_store.current(task.coop_id, now)
+        if version is None:
+            raise SubmitError("no_policy", f"coop {task.coop_id} has no policy on this node")
+        usage = self.tracker.get_usage(task.coop_id, task.submitter, now)
+        started = time.perf_counter()
+        decision = evaluate(version.policy, task, task.submitter, usage, now)
+        record_decision_metrics(decision, time.perf_counter() - started)
+        record = TaskRecord(
+            task_id=task.id, coop_id=task.coop_id, submitter=task.submitter, state=TaskState.SUBMITTED,
+            task=task.model_dump(mode="json"), policy_hash=version.policy_hash,
+            policy_version=version.version, adjusted_priority=decision.adjusted_priority.value,
+            decision=decision.model_dump(mode="json"), created_at_ms=now, updated_at_ms=now,
+        )
+        refusal = None
+        if not decision.allowed:
+            record = record.moved(TaskState.REJECTED, now, reason=explain(decision))
+        else:
+            if task.scope == ScopeLevel.COMMONS:
+                cost = estimate_cost(task, self.rate)
+                balance = self._credit_balance(task.coop_id, task.submitter)
+                try:
+                    self.credits.reserve(task.coop_id, task.submitter, task.id, cost, balance, now_ms=now)
+                except InsufficientCredits as exc:
+                    refusal = exc
+                    record = record.moved(TaskState.REJECTED, now, reason=str(exc),
+                                          detail={"reason": "insufficient_credits", "balance": balance,
+                                                  "required": cost})
+            if refusal is None:
+                self.tracker.task_claimed(task.coop_id, task.submitter, task.id, now)
+                record = record.moved(TaskState.ADMITTED, now, reason=None,
+                                      detail={"adjusted_priority": decision.adjusted_priority.value})
+        self.tasks.save(record)
+        return record, decision, refusal
 
     def _credit_balance(self, coop_id: str, member: str) -> int:
         """Commons credits earned minus spent over the retained months, merged across nodes."""
@@ -368,6 +395,7 @@ class ComputeService:
 
     async def list(self, *, coop_id: str | None = None, state: TaskState | None = None,
                    limit: int = 100) -> list[TaskRecord]:
+        await self.writer.flush()
         return await self.node.blocking(lambda: self.tasks.list(coop_id=coop_id, state=state, limit=limit))
 
     async def cancel(self, task_id: str, *, reason: str = "cancelled by the submitter") -> TaskRecord | None:
@@ -656,36 +684,14 @@ class ComputeService:
                   "error": payload.get("error")}
         if receipt.outcome is Outcome.COMPLETED:
             self.trust.record_success(did, self.node.now_ms())
-            await self.node.blocking(self.tracker.task_completed, task.coop_id, task.submitter, task.id,
-                                     self.node.now_ms())
             state, reason = TaskState.COMPLETED, None
         elif receipt.outcome is Outcome.CANCELLED and pending.cancelled:
             state, reason = TaskState.CANCELLED, "cancelled by the submitter"
         else:
             state, reason = TaskState.FAILED, f"{receipt.outcome.value}: {payload.get('error') or ''}".strip(": ")
-        await self._settle_credits(task, receipt)
-        await self._finish(self._records[task.id], state, reason, result=result,
-                           receipt=_jsonable(receipt.to_wire()), executor=did)
+        await self._finish(self._records[task.id], state, reason, receipt=receipt, result=result,
+                           executor=did)
         return None
-
-    async def _settle_credits(self, task: ComputeTask, receipt: Receipt) -> None:
-        if task.scope != ScopeLevel.COMMONS:
-            return
-        cost = actual_cost(receipt.fuel_used, self.rate) if receipt.outcome.ran else 0
-
-        def settle() -> None:
-            if cost == 0:
-                self.credits.release(task.id)
-                return
-            charged = self.credits.settle(task.id, cost)
-            store = self.node.usage_store
-            with store.batch():
-                month = month_key(self.node.now_ms())
-                if store.mark_processed(task.coop_id, "spend", task.id, month, self.node.now_ms()):
-                    store.increment(task.coop_id, task.submitter, month=month, credits_spent=charged)
-
-        await self.node.blocking(settle)
-        self._usage_changed(task.coop_id)
 
     async def _send_cancel(self, peer, task_id: str) -> None:
         try:
@@ -716,16 +722,22 @@ class ComputeService:
         self._announce_ready.set()
 
     async def _announcer(self) -> None:
-        """Gossip queued announcements, several tasks to a message under load.
+        """Gossip queued announcements: at most one message per ``announce_interval_ms``.
 
-        Each gossip message costs every node on the mesh its transport and
-        validation work; a burst of submissions shares that cost instead of
-        multiplying it. Waits ``announce_batch_ms`` for company, no longer.
+        Each gossip message costs every node on the mesh its transport, its
+        validation and its relaying; a burst of submissions shares one message
+        instead of multiplying that cost. A task announced after a quiet spell
+        goes out at once; under load, one message carries every task queued
+        during the interval (up to ``MAX_BATCH`` a message).
         """
+        interval = self.settings.announce_interval_ms / 1000
+        last = float("-inf")
         while True:
             await self._announce_ready.wait()
-            await trio.sleep(self.settings.announce_batch_ms / 1000)
+            await trio.sleep_until(last + interval)
+            await trio.sleep(0)  # tasks admitted in this same tick join the batch
             self._announce_ready = trio.Event()
+            last = trio.current_time()
             while self._announcements:
                 batch = self._announcements[:MAX_BATCH]
                 del self._announcements[:MAX_BATCH]
@@ -976,47 +988,78 @@ class ComputeService:
             self._published[coop_id] = max(self._published.get(coop_id, 0),
                                            max(e.entry.version for e in entries))
 
-    async def _save(self, record: TaskRecord) -> None:
+    def _save(self, record: TaskRecord) -> int:
+        """Keep ``record`` as the task's current one and queue it for the writer; returns its batch."""
         self._records[record.task_id] = record
         TASKS_BY_STATE.labels(record.state.value).inc()
-        await self.node.blocking(self.tasks.save, record)
+        return self.writer.put(record)
 
     async def _move(self, task_id: str, state: TaskState, reason: str | None, **changes: Any) -> None:
         record = self._records[task_id]
         if record.state is state and state is TaskState.WAITING:
             await self._move_quiet(task_id, reason=reason, **changes)
             return
-        await self._save(record.moved(state, self.node.now_ms(), reason=reason, **changes))
+        self._save(record.moved(state, self.node.now_ms(), reason=reason, **changes))
 
     async def _move_quiet(self, task_id: str, **changes: Any) -> None:
         """Update fields without a state transition (placement details, waiting reasons)."""
         record = self._records[task_id]
         updated = record.model_copy(update={**changes, "updated_at_ms": self.node.now_ms()})
         self._records[task_id] = updated
-        await self.node.blocking(self.tasks.save, updated)
+        self.writer.put(updated)
 
-    async def _finish(self, record: TaskRecord, state: TaskState, reason: str | None, **changes: Any) -> None:
-        """Enter a final state: release the member's slot and any unsettled credits."""
+    async def _finish(self, record: TaskRecord, state: TaskState, reason: str | None, *,
+                      receipt: Receipt | None = None, **changes: Any) -> None:
+        """Enter a final state: close the task's books, then commit its record.
+
+        The books (completion count, credits settled from the receipt or
+        released, the member's slot released) are one usage transaction; each
+        step is idempotent, so a node killed between the books and the record
+        closes them again harmlessly when it fails the task at restart.
+        """
         record = self._records.get(record.task_id, record)
         if record.state.final:
             return
-        await self._save(record.moved(state, self.node.now_ms(), reason=reason, **changes))
+        now = self.node.now_ms()
+        final = record.moved(state, now, reason=reason,
+                             **({"receipt": _jsonable(receipt.to_wire())} if receipt is not None else {}), **changes)
+        self._records[final.task_id] = final  # a second finish (cancel racing a result) stops here
         task = ComputeTask.model_validate(record.task)
-
-        def release() -> None:
-            self.tracker.task_released(task.coop_id, task.submitter, task.id, self.node.now_ms())
-            if task.scope == ScopeLevel.COMMONS:
-                reservation = self.credits.get(task.id)
-                if reservation is not None and reservation.state == "reserved":
-                    self.credits.release(task.id)
-
-        await self.node.blocking(release)
+        await self.node.blocking(self._close_books, task, state, receipt, now)
+        await self.writer.save(final)
+        TASKS_BY_STATE.labels(state.value).inc()
         self._usage_changed(task.coop_id)
         pending = self._pending.get(task.id)
         if pending is not None:
             TASK_LATENCY_SECONDS.labels(state.value).observe(time.perf_counter() - pending.submitted_at)
         self._emit("TaskFinished", task_id=task.id, state=state.value, reason=reason)
         log.info("event=task_finished task=%s state=%s reason=%r", task.id, state.value, reason)
+
+    def _close_books(self, task: ComputeTask, state: TaskState, receipt: Receipt | None, now: int) -> None:
+        """Blocking: count a completion, settle or release credits, release the member's slot."""
+        store = self.node.usage_store
+        with store.batch():
+            if state is TaskState.COMPLETED:
+                self.tracker.task_completed(task.coop_id, task.submitter, task.id, now)
+            if task.scope == ScopeLevel.COMMONS:
+                self._close_credits(task, receipt, now)
+            self.tracker.task_released(task.coop_id, task.submitter, task.id, now)
+
+    def _close_credits(self, task: ComputeTask, receipt: Receipt | None, now: int) -> None:
+        """Charge what the receipt's run cost (the spend replicated in usage), else give the credits back."""
+        reservation = self.credits.get(task.id)
+        if reservation is None or reservation.state == "released":
+            return
+        cost = actual_cost(receipt.fuel_used, self.rate) if receipt is not None and receipt.outcome.ran else 0
+        if reservation.state == "reserved" and cost == 0:
+            self.credits.release(task.id)
+            return
+        # reserved with a cost, or settled before a crash kept the spend from being recorded
+        charged = self.credits.settle(task.id, cost)
+        store = self.node.usage_store
+        month = month_key(now)
+        if charged and store.mark_processed(task.coop_id, "spend", task.id, month, now):
+            store.increment(task.coop_id, task.submitter, month=month, credits_spent=charged)
 
     def _emit(self, kind: str, **fields: Any) -> None:
         event = {"event": kind, "at_ms": self.node.now_ms(), **fields}

@@ -35,6 +35,11 @@ CREATE INDEX IF NOT EXISTS tasks_by_coop ON tasks(coop_id, updated_at_ms);
 """
 
 
+_UPSERT = ("INSERT INTO tasks(task_id, coop_id, submitter, state, updated_at_ms, record)"
+           " VALUES (?,?,?,?,?,?) ON CONFLICT(task_id) DO UPDATE SET state=excluded.state,"
+           " updated_at_ms=excluded.updated_at_ms, record=excluded.record")
+
+
 class TaskStore:
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
@@ -52,15 +57,20 @@ class TaskStore:
             self._db.close()
 
     def save(self, record: TaskRecord) -> None:
-        row = (record.task_id, record.coop_id, record.submitter, record.state.value,
-               record.updated_at_ms, record.model_dump_json())
+        self.save_many([record])
+
+    def save_many(self, records: list[TaskRecord]) -> None:
+        """Write records in one transaction (each replaces the task's earlier record)."""
+        rows = [(r.task_id, r.coop_id, r.submitter, r.state.value, r.updated_at_ms, r.model_dump_json())
+                for r in records]
         with self._lock:
-            self._db.execute(
-                "INSERT INTO tasks(task_id, coop_id, submitter, state, updated_at_ms, record)"
-                " VALUES (?,?,?,?,?,?) ON CONFLICT(task_id) DO UPDATE SET state=excluded.state,"
-                " updated_at_ms=excluded.updated_at_ms, record=excluded.record",
-                row,
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(_UPSERT, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def get(self, task_id: str) -> TaskRecord | None:
         with self._lock:
