@@ -35,6 +35,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -46,7 +47,7 @@ from icn_p2p.core.decision import PlacementConstraints
 from icn_p2p.core.enums import ScopeLevel, TaskPriority
 from icn_p2p.core.receipt import Outcome, Receipt
 from icn_p2p.core.task import Capacity, ComputeTask, ExecutorInfo
-from icn_p2p.executor import ExecutionRequest, Executor, ExecutorQueue, verify_receipt
+from icn_p2p.executor import ExecutionRequest, ExecutionResult, Executor, ExecutorQueue, verify_receipt
 from icn_p2p.executor.queue import QueueFull
 from icn_p2p.net.direct import Conversation, ConversationError
 from icn_p2p.net.gossip import TOPIC_COMPUTE, Delivery
@@ -622,6 +623,8 @@ class ComputeService:
                 await self._move(task.id, TaskState.RUNNING, f"running on {did}")
                 budget = max(0.1, (pending.deadline_ms - self.node.now_ms() + self.settings.result_grace_ms) / 1000)
                 reply = await self._await_note(waiter, peer, timeout=budget, probe=True)
+            elif reply.type == RESULT:  # a short run answers with its result alone
+                await self._move(task.id, TaskState.RUNNING, f"ran on {did}")
             if reply.type != RESULT:
                 raise ConversationError("bad_reply", reply.type)
             return await self._settle(pending, did, reply.payload)
@@ -847,19 +850,23 @@ class ComputeService:
                 await self.direct.notify(peer, REFUSE, {"task_id": task.id, "reason": refusal})
                 return
             self._running[task.id] = _Running(submitter=submitter)
-            try:
+
+            async def accept() -> None:
                 await self.direct.notify(peer, ACCEPT, {"task_id": task.id})
-            except ConversationError:
-                self._running.pop(task.id, None)  # never accepted: nothing to run
-                raise
+
             try:
-                payload = await self._execute(claim, submitter)
+                payload = await self._execute(claim, submitter, accept=accept)
             except ConversationError as exc:
-                await self.direct.notify(peer, REFUSE, {"task_id": task.id, "reason": exc.reason})
-                return
+                if exc.reason == "queue_full":
+                    await self.direct.notify(peer, REFUSE, {"task_id": task.id, "reason": exc.reason})
+                    return
+                raise
             await self.direct.notify(peer, RESULT, payload)
         except ConversationError as exc:
             log.info("event=claim_answer_lost submitter=%s reason=%s", submitter, exc.reason)
+        except Exception as exc:  # a bug here must not take the node's other tasks down
+            log.exception("event=claim_failed submitter=%s error=%r", submitter, exc)
+            CLAIMS.labels("internal_error").inc()
 
     async def _on_answer(self, env, conv: Conversation) -> None:
         """Accept, refuse or result from an executor, for a claim this node made."""
@@ -873,8 +880,15 @@ class ComputeService:
         except trio.WouldBlock:
             metrics.MESSAGES_DROPPED.labels("direct", "unexpected_answer").inc()
 
-    async def _execute(self, claim: dict, submitter_node: str) -> dict[str, Any]:
-        """Run a claimed task here; record our usage; return the result payload."""
+    async def _execute(self, claim: dict, submitter_node: str, *,
+                       accept: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+        """Run a claimed task here; record our usage; return the result payload.
+
+        ``accept`` is called once the run is queued, unless it finishes within
+        ``accept_grace_ms``: a short task answers with its result alone, which
+        tells the submitter both that it was accepted and how it ended (one
+        note instead of two, on both nodes, for most tasks).
+        """
         task = ComputeTask.model_validate(claim["task"])
         running = self._running.setdefault(task.id, _Running(submitter=submitter_node))
         try:
@@ -895,6 +909,17 @@ class ComputeService:
                 CLAIMS.labels("queue_full").inc()
                 raise ConversationError("queue_full")
             running.handle = started
+            if accept is not None:
+                if not isinstance(started, ExecutionResult):
+                    with trio.move_on_after(self.settings.accept_grace_ms / 1000):
+                        await started.wait()  # only the waiting is cancelled, never the run
+                if isinstance(started, ExecutionResult) or not started.done:
+                    try:
+                        await accept()
+                    except ConversationError:  # the submitter is gone: stop the run it will not hear of
+                        if not isinstance(started, ExecutionResult):
+                            started.cancel()
+                        raise
             result, receipt = await self.executor.finish(req, started)
             CLAIMS.labels(receipt.outcome.value).inc()
             await self._record_execution(task, receipt)

@@ -83,6 +83,7 @@ class ComputeSettings(BaseModel):
     reannounce_max_ms: int = Field(default=5_000, ge=10)
     result_grace_ms: int = Field(default=2_000, ge=0)
     claim_timeout_ms: int = Field(default=5_000, ge=10)
+    accept_grace_ms: int = Field(default=20, ge=0, le=10_000)
     probe_interval_ms: int = Field(default=1_000, ge=10)
     usage_flush_ms: int = Field(default=250, ge=0, le=60_000)
     announce_interval_ms: int = Field(default=50, ge=0, le=1_000)

@@ -6,13 +6,19 @@ values, no indefinite lengths. Within it ``dumps`` is a function (equal values,
 equal bytes: map keys are sorted, integers and floats take their shortest
 form), which is what signatures and message ids need.
 
-``loads`` never hands untrusted bytes straight to cbor2. An iterative header
-scan (no recursion, no allocation proportional to a claimed length) first
-checks the input size, that every claimed length fits in the bytes that are
-actually there, the nesting depth, the total number of container entries,
-that no tag/indefinite/simple/undefined item appears, that map keys are text
-and that nothing trails the top-level item. Only then does cbor2 build the
-value, with duplicate keys refused.
+``loads`` of canonical input takes a fast path first: cbor2 (pinned at 6.3,
+whose decoder reads claimed lengths in bounded chunks and allocates nothing
+for a length the bytes do not hold: see ``tests/wire/test_canonical.py``)
+builds the value within a depth bound, one walk checks the value against the
+data model, the depth and the entry count, and re-encoding it must give back
+exactly the input (so it was canonical, with no trailing bytes). Anything
+that fails there, and every non-canonical decode, goes through an iterative
+header scan (no recursion, no allocation proportional to a claimed length)
+that names the fault: claimed lengths beyond the bytes that are there, the
+nesting depth, the total number of container entries, tags, indefinite
+lengths, simple values, non-text map keys, trailing bytes. The fast path
+exists because the scan, in Python, cost more than every other step of
+opening an envelope together.
 """
 
 from __future__ import annotations
@@ -38,35 +44,63 @@ _MIN_FOR_WIDTH = {24: 24, 25: 1 << 8, 26: 1 << 16, 27: 1 << 32}
 _INF = float("inf")
 
 
+_SCALARS = frozenset((str, bytes, float, bool, type(None)))
+
+
+def _walk(obj: Any, max_depth: int, max_items: int | None) -> None:
+    """Raise ``WireError`` unless ``obj`` is inside the data model, ``max_depth`` containers
+    deep at most and (when given) with at most ``max_items`` container entries in all."""
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    pop, push = stack.pop, stack.append
+    scalars = _SCALARS
+    items = 0
+    while stack:
+        value, depth = pop()
+        kind = type(value)
+        if kind in scalars:
+            continue
+        if kind is int:
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise WireError(Reason.BAD_SCHEMA, f"integer {value} is outside the CBOR 64-bit range")
+            continue
+        if kind is dict or kind is list or kind is tuple:
+            if depth >= max_depth:
+                raise WireError(Reason.TOO_DEEP, f"nesting deeper than {max_depth}")
+            items += len(value)
+            if max_items is not None and items > max_items:
+                raise WireError(Reason.TOO_LARGE, f"more than {max_items} container entries")
+            child = depth + 1
+            if kind is dict:
+                for key, item in value.items():
+                    if type(key) is not str and not isinstance(key, str):
+                        raise WireError(Reason.BAD_SCHEMA, f"map key {key!r} is not a string")
+                    if type(item) not in scalars:
+                        push((item, child))
+            else:
+                for item in value:
+                    if type(item) not in scalars:
+                        push((item, child))
+            continue
+        # subclasses (str enums, int enums, ...): judged by what they are
+        if value is None or isinstance(value, (str, bytes, float)):
+            continue
+        if isinstance(value, int):
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise WireError(Reason.BAD_SCHEMA, f"integer {value} is outside the CBOR 64-bit range")
+            continue
+        if isinstance(value, (list, tuple, dict)):
+            push((dict(value) if isinstance(value, dict) else list(value), depth))
+            continue
+        raise WireError(Reason.BAD_SCHEMA, f"type {type(value).__name__} is not CBOR-safe")
+
+
 def check_value(obj: Any, *, max_depth: int = _DUMPS_MAX_DEPTH) -> None:
     """Raise ``WireError(bad_schema)`` unless ``obj`` is inside the CBOR data model.
 
     Iterative, so a deeply nested or cyclic value gives ``too_deep`` rather than
     ``RecursionError``. Tuples are accepted as arrays (they decode as lists).
     """
-    stack: list[tuple[Any, int]] = [(obj, 0)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        value, depth = pop()
-        if value is None or isinstance(value, (str, bytes, float)):
-            continue
-        if isinstance(value, int):  # bool included
-            if not _INT_MIN <= value <= _INT_MAX:
-                raise WireError(Reason.BAD_SCHEMA, f"integer {value} is outside the CBOR 64-bit range")
-            continue
-        if isinstance(value, (list, tuple, dict)):
-            if depth >= max_depth:
-                raise WireError(Reason.TOO_DEEP, f"nesting deeper than {max_depth}")
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    if not isinstance(key, str):
-                        raise WireError(Reason.BAD_SCHEMA, f"map key {key!r} is not a string")
-                    push((item, depth + 1))
-            else:
-                for item in value:
-                    push((item, depth + 1))
-            continue
-        raise WireError(Reason.BAD_SCHEMA, f"type {type(value).__name__} is not CBOR-safe")
+    _walk(obj, max_depth, None)
 
 
 def dumps(obj: Any) -> bytes:
@@ -183,6 +217,21 @@ def _scan(data: bytes, max_depth: int, max_items: int, canonical: bool) -> None:
             return
 
 
+_NOT_FAST = object()
+
+
+def _fast_canonical(data: bytes, max_depth: int, max_items: int) -> Any:
+    """The value of canonical ``data`` inside the bounds, else ``_NOT_FAST`` (the scan decides)."""
+    try:
+        value = cbor2.loads(data, allow_indefinite=False, allow_duplicate_keys=False, max_depth=max_depth + 2)
+        _walk(value, max_depth, max_items)
+        if cbor2.dumps(value, canonical=True) != data:
+            return _NOT_FAST
+    except Exception:
+        return _NOT_FAST
+    return value
+
+
 def loads(
     data: bytes,
     *,
@@ -204,6 +253,10 @@ def loads(
     data = bytes(data)
     if len(data) > max_bytes:
         raise WireError(Reason.TOO_LARGE, f"{len(data)} bytes > {max_bytes}")
+    if canonical:
+        value = _fast_canonical(data, max_depth, max_items)
+        if value is not _NOT_FAST:
+            return value
     _scan(data, max_depth, max_items, canonical)
     try:
         value = cbor2.loads(
