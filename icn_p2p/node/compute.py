@@ -204,6 +204,8 @@ class ComputeService:
         self._dirty_coops: set[str] = set()
         self._announcements: list[dict[str, Any]] = []
         self._announce_ready = trio.Event()
+        self._announce_answered = trio.Event()  # an offer came back for the message in flight
+        self._in_flight: set[str] = set()  # the tasks of the announcement message in flight
         self._usage_dirty = trio.Event()
         self._claims: dict[str, _ClaimWaiter] = {}
         self._claimed_at: dict[str, dict[str, int]] = {}  # executor -> task -> claim sent (ms)
@@ -725,22 +727,29 @@ class ComputeService:
         self._announce_ready.set()
 
     async def _announcer(self) -> None:
-        """Gossip queued announcements: at most one message per ``announce_interval_ms``.
+        """Gossip queued announcements, one message at a time in flight (like Nagle's rule).
 
         Each gossip message costs every node on the mesh its transport, its
-        validation and its relaying; a burst of submissions shares one message
-        instead of multiplying that cost. A task announced after a quiet spell
-        goes out at once; under load, one message carries every task queued
-        during the interval (up to ``MAX_BATCH`` a message).
+        validation and its relaying, so a burst of submissions should share one
+        message. A message is in flight until the first offer for one of its
+        tasks comes back (or ``announce_interval_ms`` passes), and the next
+        one leaves no sooner than a quarter of that interval after it: tasks
+        submitted meanwhile wait and go together. Alone, a task goes out at
+        once; under load the batches grow with the mesh's own delay (up to
+        ``MAX_BATCH`` a message).
         """
         interval = self.settings.announce_interval_ms / 1000
         last = float("-inf")
         while True:
             await self._announce_ready.wait()
-            await trio.sleep_until(last + interval)
+            with trio.move_on_at(last + interval):
+                await self._announce_answered.wait()
+            await trio.sleep_until(last + interval / 4)
             await trio.sleep(0)  # tasks admitted in this same tick join the batch
             self._announce_ready = trio.Event()
             last = trio.current_time()
+            self._announce_answered = trio.Event()
+            self._in_flight = {item["task"]["id"] for item in self._announcements}
             while self._announcements:
                 batch = self._announcements[:MAX_BATCH]
                 del self._announcements[:MAX_BATCH]
@@ -803,6 +812,8 @@ class ComputeService:
                 metrics.MESSAGES_DROPPED.labels("direct", "foreign_offer").inc()
                 log.info("event=offer_dropped reason=foreign_offer peer=%s offer_for=%s", conv.peer_did, offer.did)
                 continue
+            if offer.task_id in self._in_flight:
+                self._announce_answered.set()
             pending = self._pending.get(offer.task_id)
             if pending is None:
                 continue  # the task is placed or finished
