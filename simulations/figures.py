@@ -136,12 +136,18 @@ def quota_figures(obs: Observations) -> tuple[dict[str, Any], dict[str, Any]]:
             quota_h = float(q.cpu_hours_per_month)
             row: dict[str, Any] | None = None
             for month, usage in by_month.items():
-                used_h = usage.get(coop.id, {}).get(m, {}).get("cpu_ms", 0.0) / 3_600_000
+                seen = usage.get(coop.id, {}).get(m, {})
+                used_h = seen.get("cpu_ms", 0.0) / 3_600_000
                 over = max(0.0, used_h - quota_h)
                 pct = (over / quota_h * 100) if quota_h > 0 else (0.0 if over == 0 else float("inf"))
+                # the overshoot in tasks' worth: what admission could not know (the
+                # CPU of tasks still running), whatever the machine's speed
+                per_task_h = used_h / seen["completed"] if seen.get("completed") else 0.0
+                tasks = round(over / per_task_h, 2) if per_task_h else 0.0
                 if row is None or used_h > row["cpu_hours"]:
                     row = {"quota_cpu_hours": quota_h, "cpu_hours": round(used_h, 9),
                            "overshoot_cpu_hours": round(over, 9), "overshoot_pct": round(pct, 2),
+                           "overshoot_tasks": tasks,
                            "max_concurrent_tasks": q.max_concurrent_tasks, "month": month or None}
             per[coop.id][m] = row
             if row["overshoot_cpu_hours"] > worst["cpu_hours"]:

@@ -98,3 +98,30 @@ def test_round_trip_dict():
 def test_malformed_book_is_a_clear_error(bad):
     with pytest.raises(ValueError):
         TrustBook.from_dict(bad)
+
+
+def test_offer_counts_only_the_claims_sent_after_it():
+    o = offer("did:key:a", offered_at_ms=1_000, queue_depth=2)
+    assert o.with_claims_since([]) is o
+    assert o.with_claims_since([500, 900]) is o  # older claims are in its queue depth already
+    later = o.with_claims_since([900, 1_000, 1_200])
+    assert later.executor.queue_depth == 4
+    assert later.did == o.did and later.offered_at_ms == o.offered_at_ms
+
+
+def test_a_burst_spreads_over_executors_once_claims_are_counted():
+    from icn_p2p.core.decision import PlacementConstraints
+    from icn_p2p.scheduler import place
+
+    from .factories import task
+
+    claims: dict[str, list[int]] = {}
+    winners = []
+    for i in range(6):  # every offer made before any claim, as in one window of a burst
+        offers = [offer(did, task_id=f"t{i}", offered_at_ms=0, capacity={"cpu_free": 1.0, "memory_free": 1.0})
+                  for did in ("did:key:a", "did:key:b", "did:key:c")]
+        seen = [o.with_claims_since(claims.get(o.did, [])) for o in offers]
+        decision = place(task(f"t{i}"), PlacementConstraints(), seen, trust=TrustBook(), min_trust=0.0, now_ms=1)
+        winners.append(decision.winner)
+        claims.setdefault(decision.winner, []).append(1)
+    assert set(winners) == {"did:key:a", "did:key:b", "did:key:c"}

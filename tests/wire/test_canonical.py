@@ -93,35 +93,35 @@ def test_tuple_encodes_as_array():
     assert dumps((1, 2)) == dumps([1, 2])
 
 
-@pytest.mark.parametrize(
-    "data, reason",
-    [
-        (b"", Reason.MALFORMED),
-        (b"\x82\x01", Reason.MALFORMED),  # truncated array
-        (b"\x19\x01", Reason.MALFORMED),  # truncated argument
-        (b"\x01\x02", Reason.MALFORMED),  # trailing bytes
-        (b"\x9f\x01\xff", Reason.MALFORMED),  # indefinite array
-        (b"\x5f\x41\x01\xff", Reason.MALFORMED),  # indefinite bytes
-        (b"\xff", Reason.MALFORMED),  # lone break
-        (b"\x1c", Reason.MALFORMED),  # reserved additional info
-        (b"\x62\xff\xfe", Reason.MALFORMED),  # bad UTF-8
-        (b"\xa2\x61a\x01\x61a\x02", Reason.MALFORMED),  # duplicate keys
-        (b"\xc1\x01", Reason.BAD_SCHEMA),  # tag 1 (datetime)
-        (b"\xc2\x41\x01", Reason.BAD_SCHEMA),  # bignum
-        (b"\xd8\x1c\x81\xd8\x1d\x00", Reason.BAD_SCHEMA),  # shared reference (cycle)
-        (b"\xd9\x01\x02\x82\x01\x02", Reason.BAD_SCHEMA),  # set
-        (b"\xf7", Reason.BAD_SCHEMA),  # undefined
-        (b"\xf0", Reason.BAD_SCHEMA),  # simple(16)
-        (b"\xf8\x20", Reason.BAD_SCHEMA),  # simple(32)
-        (b"\xa1\x01\x01", Reason.BAD_SCHEMA),  # int key
-        (b"\xa1\x81\x01\x01", Reason.BAD_SCHEMA),  # array key
-        (b"\x9b" + (2**60).to_bytes(8, "big"), Reason.TOO_LARGE),  # claimed 2^60 entries
-        (b"\xbb" + (2**60).to_bytes(8, "big"), Reason.TOO_LARGE),
-        (b"\x9a" + (5000).to_bytes(4, "big") + b"\x01", Reason.MALFORMED),  # claims more than present
-        (b"\x5b" + (2**60).to_bytes(8, "big") + b"ab", Reason.MALFORMED),  # claimed 2^60-byte string
-        (b"\x7a" + (2**30).to_bytes(4, "big") + b"ab", Reason.MALFORMED),
-    ],
-)
+HOSTILE = [
+    (b"", Reason.MALFORMED),
+    (b"\x82\x01", Reason.MALFORMED),  # truncated array
+    (b"\x19\x01", Reason.MALFORMED),  # truncated argument
+    (b"\x01\x02", Reason.MALFORMED),  # trailing bytes
+    (b"\x9f\x01\xff", Reason.MALFORMED),  # indefinite array
+    (b"\x5f\x41\x01\xff", Reason.MALFORMED),  # indefinite bytes
+    (b"\xff", Reason.MALFORMED),  # lone break
+    (b"\x1c", Reason.MALFORMED),  # reserved additional info
+    (b"\x62\xff\xfe", Reason.MALFORMED),  # bad UTF-8
+    (b"\xa2\x61a\x01\x61a\x02", Reason.MALFORMED),  # duplicate keys
+    (b"\xc1\x01", Reason.BAD_SCHEMA),  # tag 1 (datetime)
+    (b"\xc2\x41\x01", Reason.BAD_SCHEMA),  # bignum
+    (b"\xd8\x1c\x81\xd8\x1d\x00", Reason.BAD_SCHEMA),  # shared reference (cycle)
+    (b"\xd9\x01\x02\x82\x01\x02", Reason.BAD_SCHEMA),  # set
+    (b"\xf7", Reason.BAD_SCHEMA),  # undefined
+    (b"\xf0", Reason.BAD_SCHEMA),  # simple(16)
+    (b"\xf8\x20", Reason.BAD_SCHEMA),  # simple(32)
+    (b"\xa1\x01\x01", Reason.BAD_SCHEMA),  # int key
+    (b"\xa1\x81\x01\x01", Reason.BAD_SCHEMA),  # array key
+    (b"\x9b" + (2**60).to_bytes(8, "big"), Reason.TOO_LARGE),  # claimed 2^60 entries
+    (b"\xbb" + (2**60).to_bytes(8, "big"), Reason.TOO_LARGE),
+    (b"\x9a" + (5000).to_bytes(4, "big") + b"\x01", Reason.MALFORMED),  # claims more than present
+    (b"\x5b" + (2**60).to_bytes(8, "big") + b"ab", Reason.MALFORMED),  # claimed 2^60-byte string
+    (b"\x7a" + (2**30).to_bytes(4, "big") + b"ab", Reason.MALFORMED),
+]
+
+
+@pytest.mark.parametrize("data, reason", HOSTILE)
 def test_hostile_inputs(data, reason):
     assert reason_of(load, data) == reason
 
@@ -210,3 +210,48 @@ def test_canonical_floats_round_trip(value):
 def test_non_canonical_forms_refused_when_canonical_is_demanded(data):
     load(data)  # well-formed: accepted without the canonical flag (bar duplicates)
     assert reason_of(load, data, canonical=True) == Reason.MALFORMED
+
+
+# --- the fast path for canonical input -------------------------------------------------
+
+
+@pytest.mark.parametrize("data, reason", HOSTILE)
+def test_hostile_inputs_get_the_same_reason_when_canonical_is_demanded(data, reason):
+    assert reason_of(load, data, canonical=True) == reason
+
+
+@given(cbor_values)
+@settings(max_examples=200)
+def test_canonical_input_is_decoded_without_the_header_scan(value):
+    import icn_p2p.wire.canonical as canonical
+
+    data = dumps(value)
+    original = canonical._scan
+    canonical._scan = _scan_forbidden
+    try:
+        assert load(data, canonical=True) == value
+    finally:
+        canonical._scan = original
+
+
+def _scan_forbidden(*args, **kwargs):
+    raise AssertionError("canonical input went through the header scan")
+
+
+def test_claimed_lengths_beyond_the_data_cost_nothing_on_the_fast_path():
+    """cbor2 (pinned) reads claimed lengths in bounded chunks: no allocation for bytes
+    that are not there, whichever path refuses the input."""
+    import time
+    import tracemalloc
+
+    import icn_p2p.wire.canonical as canonical
+
+    tracemalloc.start()
+    started = time.perf_counter()
+    for head in (b"\x9b", b"\xbb", b"\x5b", b"\x7b"):
+        data = head + (2**60).to_bytes(8, "big") + b"ab"
+        assert canonical._fast_canonical(data, 32, 10_000) is canonical._NOT_FAST
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1 << 20
+    assert time.perf_counter() - started < 1.0
