@@ -36,7 +36,7 @@ ARGS: dict[str, list[str]] = {
     "executor": ["--n", "2000"],
     "placement": ["--iterations", "1000"],
     "propagation": ["--sizes", "10", "50", "--messages", "30"],
-    "tasks": ["--nodes", "5", "--tasks", "300", "--concurrency", "32"],
+    "tasks": ["--nodes", "5", "--tasks", "1500", "--concurrency", "32"],
 }
 ORDER = ["admission", "usage", "wire", "executor", "placement", "propagation", "tasks"]
 

@@ -7,12 +7,14 @@ Submitter side (the node a member submits on):
    Admission takes a concurrency slot for the member (``task_claimed``) and,
    for Commons-scoped tasks, a durable credit reservation.
 2. **Announcement** on ``icn/compute/1`` (gossip) with the adjusted priority,
-   the placement constraints and the pinned policy hash.
+   the placement constraints and the pinned policy hash; tasks submitted
+   while an announcement is in flight share the next message.
 3. **Offers** arrive on direct streams (``/icn/task/1``): one hop, no gossip
    fan-out, nobody else needs them. The offer window closes when enough
    feasible offers arrived or after ``offer_window_ms``.
 4. **Placement** ranks the offers (RTT from our own pings, trust from config
-   blended with each executor's observed record) and keeps the breakdown.
+   blended with each executor's observed record, queue depth plus the claims
+   this node sent since the offer was made) and keeps the breakdown.
 5. **Claim**: the module travels only to the winner, on a direct stream that
    stays open until the result. A refused claim falls through to the next
    ranked executor; an executor that vanishes or misses its deadline is
@@ -21,11 +23,15 @@ Submitter side (the node a member submits on):
    its deadline and says what it waits for.
 6. **Settlement**: a verified receipt completes the task; the credit
    reservation is settled from the receipt's fuel and the spend recorded in
-   the usage CRDT; the concurrency slot is released at any final state.
+   the usage CRDT; the concurrency slot is released at any final state. The
+   books close in one usage transaction; the task's records are written
+   behind it in batches (:mod:`.record_writer`), a final state before the
+   task is reported finished.
 
 Executor side: announcements that pass our constraints get an offer; a claim
 is accepted once per task, run in the WebAssembly sandbox, and answered with
-the result and a signed receipt. The executor records the execution in its
+the result and a signed receipt (a run that ends within ``accept_grace_ms``
+sends the result alone, which also says it was accepted). The executor records the execution in its
 own usage entry (CPU, fuel, tasks) and the credits it earned.
 """
 
