@@ -21,7 +21,6 @@ each to the handler registered for its type; a handler must return quickly
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import struct
 from collections.abc import Awaitable, Callable
@@ -53,20 +52,12 @@ class ConversationError(Exception):
 class Conversation:
     """Signed frames on one stream, with the DID of the peer at the other end."""
 
-    def __init__(self, stream: Any, sealer: Sealer, peer_did: str, *, frame_limit: int) -> None:
+    def __init__(self, stream: Any, peer_did: str, *, frame_limit: int) -> None:
         self.stream = stream
-        self.sealer = sealer
         self.peer_did = peer_did
         self.frame_limit = frame_limit
         self._limits = Limits(max_bytes=frame_limit, max_depth=32, max_items=100_000)
         self._buf = bytearray()
-
-    def seal(self, type: str, payload: Any) -> bytes:
-        """One note as a length-prefixed signed frame."""
-        return seal_frame(self.sealer, type, payload, self.frame_limit)
-
-    async def send(self, type: str, payload: Any) -> None:
-        await self.write(self.seal(type, payload))
 
     async def write(self, frames: bytes) -> None:
         """Write sealed frames (one or several, concatenated) to the stream."""
@@ -121,14 +112,6 @@ def seal_frame(sealer: Sealer, type: str, payload: Any, frame_limit: int) -> byt
     return struct.pack(">I", len(data)) + data
 
 
-@contextlib.contextmanager
-def _releasing(lock: trio.Lock):
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 class _Queued:
     """A frame waiting for its peer's next write, and how that write ended."""
 
@@ -180,7 +163,7 @@ class DirectChannel:
             if not item.done and queued is not None and item in queued:
                 queued.remove(item)
             raise
-        with _releasing(lock):
+        try:
             if not item.done:
                 batch = self._queued.pop(peer_id, [])
                 try:
@@ -192,6 +175,8 @@ class DirectChannel:
                 finally:
                     for q in batch:
                         q.done = True
+        finally:
+            lock.release()
         if item.error is not None:
             raise item.error
 
@@ -219,14 +204,14 @@ class DirectChannel:
                 raise ConversationError("unreachable", f"{short(peer_id)}: {exc!r}") from None
         if scope.cancelled_caught:
             raise ConversationError("timeout", f"opening a stream to {short(peer_id)}")
-        return Conversation(stream, self.sealer, did_for_peer(peer_id), frame_limit=self.frame_limit)
+        return Conversation(stream, did_for_peer(peer_id), frame_limit=self.frame_limit)
 
     async def _serve(self, stream: Any) -> None:
         peer = stream.muxed_conn.peer_id
         if self.host.is_refused(peer):
             await stream.reset()
             return
-        conv = Conversation(stream, self.sealer, did_for_peer(peer), frame_limit=self.frame_limit)
+        conv = Conversation(stream, did_for_peer(peer), frame_limit=self.frame_limit)
         try:
             while True:
                 env = await conv.recv()

@@ -1030,11 +1030,11 @@ class ComputeService:
             self._published[coop_id] = max(self._published.get(coop_id, 0),
                                            max(e.entry.version for e in entries))
 
-    def _save(self, record: TaskRecord) -> int:
-        """Keep ``record`` as the task's current one and queue it for the writer; returns its batch."""
+    def _save(self, record: TaskRecord) -> None:
+        """Keep ``record`` as the task's current one and queue it for the writer."""
         self._records[record.task_id] = record
         TASKS_BY_STATE.labels(record.state.value).inc()
-        return self.writer.put(record)
+        self.writer.put(record)
 
     async def _move(self, task_id: str, state: TaskState, reason: str | None, **changes: Any) -> None:
         record = self._records[task_id]
