@@ -2,7 +2,8 @@
 
     expect := clause (("and" | "or") clause)*        ("and" binds tighter)
     clause := "not"? (value OP value | "(" expect ")")
-    value  := atom ("*" atom)*
+    value  := term ("+" term)*
+    term   := atom ("*" atom)*
     atom   := number | "string" | true | false | null | path
     path   := name ("." name)*           names may hold letters, digits, _ - : @
     OP     := == != < <= > >=
@@ -27,6 +28,7 @@ _TOKEN = re.compile(r"""
   | (?P<str>"[^"]*"|'[^']*')
   | (?P<op>==|!=|<=|>=|<|>)
   | (?P<star>\*)
+  | (?P<plus>\+)
   | (?P<lp>\()
   | (?P<rp>\))
   | (?P<path>[A-Za-z_][\w:@-]*(?:\.[\w:@-]+)*)
@@ -54,6 +56,11 @@ class Path:
 @dataclass(frozen=True)
 class Product:
     factors: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Sum:
+    terms: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,13 @@ class _Parser:
         return Compare(left, op, self.value())
 
     def value(self) -> Any:
+        terms = [self.term()]
+        while (t := self.peek()) and t[0] == "plus":
+            self.take()
+            terms.append(self.term())
+        return terms[0] if len(terms) == 1 else Sum(tuple(terms))
+
+    def term(self) -> Any:
         factors = [self.atom()]
         while (t := self.peek()) and t[0] == "star":
             self.take()
@@ -206,13 +220,13 @@ def _value(node: Any, figures: Any, seen: dict[str, Any]) -> Any:
         v = lookup(figures, node.name)
         seen[node.name] = v
         return v
-    if isinstance(node, Product):
-        out = 1
-        for f in node.factors:
+    if isinstance(node, (Product, Sum)):
+        out = 1 if isinstance(node, Product) else 0
+        for f in (node.factors if isinstance(node, Product) else node.terms):
             v = _value(f, figures, seen)
             if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise TypeError(f"cannot multiply {v!r}")
-            out *= v
+                raise TypeError(f"cannot {'multiply' if isinstance(node, Product) else 'add'} {v!r}")
+            out = out * v if isinstance(node, Product) else out + v
         return out
     raise TypeError(node)
 

@@ -148,6 +148,7 @@ def quota_figures(obs: Observations) -> tuple[dict[str, Any], dict[str, Any]]:
                     row = {"quota_cpu_hours": quota_h, "cpu_hours": round(used_h, 9),
                            "overshoot_cpu_hours": round(over, 9), "overshoot_pct": round(pct, 2),
                            "overshoot_tasks": tasks,
+                           "quota_tasks": round(quota_h / per_task_h, 2) if per_task_h else None,
                            "max_concurrent_tasks": q.max_concurrent_tasks, "month": month or None}
             per[coop.id][m] = row
             if row["overshoot_cpu_hours"] > worst["cpu_hours"]:
@@ -160,8 +161,8 @@ def replacement_figures(obs: Observations) -> dict[str, Any]:
     """Kill -> the submitter gives up on the executor -> the task is placed again.
 
     A task is hit by a kill when its last step before the kill was ``placed``
-    or ``running`` on the killed node and its next step is not ``completed``
-    (those results were on their way: ``completed_in_flight``). ``detect`` ends at the submitter's next
+    or ``running`` on the killed node and its next step other than ``running``
+    is not ``completed`` (those results were on their way: ``completed_in_flight``). ``detect`` ends at the submitter's next
     step (the executor declared lost); ``replaced`` at the next ``placed``.
     Times are the submitting node's lifecycle steps against the instant the
     simulator sent the signal.
@@ -177,10 +178,12 @@ def replacement_figures(obs: Observations) -> dict[str, Any]:
             if not before or before[-1][0] not in ("placed", "running") or k["did"] not in (before[-1][2] or ""):
                 continue
             after = [s for s in t.steps if s[1] > t_k]
-            if after and after[0][0] == "completed":
-                in_flight += 1  # the result left the executor before the signal
-                continue
             lost = next((s for s in after if s[0] != "running"), None)
+            if lost is not None and lost[0] == "completed":
+                # the result left the executor before the signal (perhaps with its
+                # acceptance, which the submitter read after the signal too)
+                in_flight += 1
+                continue
             again = next((s for s in after if s[0] == "placed"), None)
             hit = {"task_id": t.task_id, "node": obs.scenario.node_name(k["node"]),
                    "detect_ms": _r(lost[1] - t_k, 1) if lost else None,

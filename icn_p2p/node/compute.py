@@ -24,7 +24,9 @@ Submitter side (the node a member submits on):
 6. **Settlement**: a verified receipt completes the task; the credit
    reservation is settled from the receipt's fuel and the spend recorded in
    the usage CRDT; the concurrency slot is released at any final state. The
-   books close in one usage transaction; the task's records are written
+   executor's signed usage entry comes with the result and is merged in the
+   same usage transaction that closes the books, so the submitter never frees
+   a member's slot without counting the run's CPU; the task's records are written
    behind it in batches (:mod:`.record_writer`), a final state before the
    task is reported finished.
 
@@ -32,7 +34,7 @@ Executor side: announcements that pass our constraints get an offer; a claim
 is accepted once per task, run in the WebAssembly sandbox, and answered with
 the result and a signed receipt (a run that ends within ``accept_grace_ms``
 sends the result alone, which also says it was accepted). The executor records the execution in its
-own usage entry (CPU, fuel, tasks) and the credits it earned.
+own usage entry (CPU, fuel) and the credits it earned, and sends that entry with the result.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ from icn_p2p.scheduler import (
     feasibility_check,
     place,
 )
+from icn_p2p.usage.crdt import SignedUsageEntry
 from icn_p2p.usage.tracker import UsageTracker
 
 from .config import ComputeSettings
@@ -700,8 +703,28 @@ class ComputeService:
             state, reason = TaskState.CANCELLED, "cancelled by the submitter"
         else:
             state, reason = TaskState.FAILED, f"{receipt.outcome.value}: {payload.get('error') or ''}".strip(": ")
-        await self._finish(self._records[task.id], state, reason, receipt=receipt, result=result,
+        await self._finish(self._records[task.id], state, reason, receipt=receipt,
+                           usage=self._executor_usage(payload.get("usage"), did, task), result=result,
                            executor=did)
+        return None
+
+    def _executor_usage(self, item: Any, did: str, task: ComputeTask) -> SignedUsageEntry | None:
+        """The executor's usage entry sent with its result, if it is one for this task's
+        member written by that executor (its signature is checked at merge). Anything
+        else is dropped and counted; gossip brings the entry anyway."""
+        if item is None or did == self.node.did:
+            return None
+        try:
+            signed = SignedUsageEntry.from_wire(item)
+        except Exception as exc:
+            why = f"malformed: {exc}"
+        else:
+            e = signed.entry
+            if e.writer == did and signed.signer == did and e.coop_id == task.coop_id and e.member == task.submitter:
+                return signed
+            why = f"entry of {e.writer} for {e.coop_id}/{e.member}"
+        metrics.MESSAGES_DROPPED.labels("direct", "bad_usage").inc()
+        log.warning("event=result_usage_dropped task=%s executor=%s reason=%r", task.id, did, why[:200])
         return None
 
     async def _send_cancel(self, peer, task_id: str) -> None:
@@ -939,24 +962,34 @@ class ComputeService:
                         raise
             result, receipt = await self.executor.finish(req, started)
             CLAIMS.labels(receipt.outcome.value).inc()
-            await self._record_execution(task, receipt)
-            return {"task_id": task.id, "values": list(result.values), "error": result.error,
-                    "receipt": receipt.to_wire()}
+            usage = await self._record_execution(task, receipt)
+            payload = {"task_id": task.id, "values": list(result.values), "error": result.error,
+                       "receipt": receipt.to_wire()}
+            if usage is not None:
+                payload["usage"] = usage.to_wire()
+            return payload
         finally:
             self._running.pop(task.id, None)
 
-    async def _record_execution(self, task: ComputeTask, receipt: Receipt) -> None:
+    async def _record_execution(self, task: ComputeTask, receipt: Receipt) -> SignedUsageEntry | None:
+        """Record the run in our usage; return our signed entry for the member, which
+        travels with the result so the submitter's view holds the run's CPU before
+        it frees the member's slot (gossip brings it to everyone else)."""
         earned = actual_cost(receipt.fuel_used, self.rate) if (
             task.scope == ScopeLevel.COMMONS and receipt.outcome.ran) else 0
 
-        def record() -> None:
+        def record() -> SignedUsageEntry | None:
+            now = self.node.now_ms()
             self.tracker.record_execution(task.coop_id, task.submitter, task.id, receipt.cpu_ms,
-                                          receipt.fuel_used, executor_did=self.node.did, count_task=False)
+                                          receipt.fuel_used, executor_did=self.node.did, now_ms=now,
+                                          count_task=False)
             if earned:
                 self.tracker.credit_earned(task.coop_id, self.node.did, earned, f"earn:{task.id}")
+            return self.node.usage_store.own_signed(task.coop_id, task.submitter, month_key(now))
 
-        await self.node.blocking(record)
+        usage = await self.node.blocking(record)
         self._usage_changed(task.coop_id)
+        return usage
 
     async def _on_probe(self, env, conv: Conversation) -> None:
         """Does this executor still run the task? (Answered from memory: a restart forgets.)"""
@@ -1051,11 +1084,13 @@ class ComputeService:
         self.writer.put(updated)
 
     async def _finish(self, record: TaskRecord, state: TaskState, reason: str | None, *,
-                      receipt: Receipt | None = None, **changes: Any) -> None:
+                      receipt: Receipt | None = None, usage: SignedUsageEntry | None = None,
+                      **changes: Any) -> None:
         """Enter a final state: close the task's books, then commit its record.
 
-        The books (completion count, credits settled from the receipt or
-        released, the member's slot released) are one usage transaction; each
+        The books (the executor's usage entry, completion count, credits
+        settled from the receipt or released, the member's slot released) are
+        one usage transaction, so no view frees the slot without the run's CPU; each
         step is idempotent, so a node killed between the books and the record
         closes them again harmlessly when it fails the task at restart.
         """
@@ -1067,7 +1102,7 @@ class ComputeService:
                              **({"receipt": _jsonable(receipt.to_wire())} if receipt is not None else {}), **changes)
         self._records[final.task_id] = final  # a second finish (cancel racing a result) stops here
         task = ComputeTask.model_validate(record.task)
-        await self.node.blocking(self._close_books, task, state, receipt, now)
+        await self.node.blocking(self._close_books, task, state, receipt, usage, now)
         await self.writer.save(final)
         TASKS_BY_STATE.labels(state.value).inc()
         self._usage_changed(task.coop_id)
@@ -1077,10 +1112,14 @@ class ComputeService:
         self._emit("TaskFinished", task_id=task.id, state=state.value, reason=reason)
         log.info("event=task_finished task=%s state=%s reason=%r", task.id, state.value, reason)
 
-    def _close_books(self, task: ComputeTask, state: TaskState, receipt: Receipt | None, now: int) -> None:
-        """Blocking: count a completion, settle or release credits, release the member's slot."""
+    def _close_books(self, task: ComputeTask, state: TaskState, receipt: Receipt | None,
+                     usage: SignedUsageEntry | None, now: int) -> None:
+        """Blocking: merge the executor's entry, count a completion, settle or release
+        credits, release the member's slot."""
         store = self.node.usage_store
         with store.batch():
+            if usage is not None:
+                store.merge([usage])
             if state is TaskState.COMPLETED:
                 self.tracker.task_completed(task.coop_id, task.submitter, task.id, now)
             if task.scope == ScopeLevel.COMMONS:

@@ -530,6 +530,12 @@ class UsageState:
 
     # -- signing (lazy) --
 
+    def own_signed(self, coop_id: str, member: str, month: str) -> SignedUsageEntry | None:
+        """This node's signed entry for (coop, member, month), if it wrote one."""
+        c = self._coops.get(coop_id)
+        e = c.entries.get((member, month, self.did)) if c is not None else None
+        return self.signed(e) if e is not None else None
+
     def signed(self, e: UsageEntry) -> SignedUsageEntry:
         """The entry as sent. Own entries are signed here, once per version."""
         if e.sig is None:

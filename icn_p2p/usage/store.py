@@ -284,6 +284,11 @@ class UsageStore:
 
     # -- replication --
 
+    def own_signed(self, coop_id: str, member: str, month: str) -> SignedUsageEntry | None:
+        """This node's entry for (coop, member, month), signed as it travels."""
+        with self._lock:
+            return self.state.own_signed(coop_id, member, month)
+
     def version_vector(self, coop_id: str) -> dict[str, int]:
         with self._lock:
             return self.state.version_vector(coop_id)

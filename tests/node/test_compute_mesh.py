@@ -5,9 +5,11 @@ import logging
 import pytest
 import trio
 
+from icn_p2p import metrics
 from icn_p2p.core.task import ComputeTask
 from icn_p2p.node.harness import start_nodes
 from icn_p2p.node.lifecycle import TaskState
+from icn_p2p.usage.crdt import SignedUsageEntry
 
 logging.getLogger("libp2p").setLevel(logging.CRITICAL)
 
@@ -258,3 +260,37 @@ async def test_a_burst_of_submissions_cannot_pass_the_concurrency_limit_together
         for i, r in records.items():
             if r.state is TaskState.ADMITTED:
                 await a.compute.cancel(r.task_id)
+
+
+async def test_result_brings_the_executors_usage_before_the_slot_is_freed(tmp_path):
+    """The submitter's view holds the run's fuel as soon as the task completes, without
+    waiting for the executor's usage gossip or a sync (after the first task's entry
+    went out at once, the executor's next gossip is a minute away)."""
+    slow = {"compute": {"usage_flush_ms": 60_000}, "mesh": {"sync_interval_s": 600}}
+    per_node = [{"roles": ["submitter"], "mesh": {"sync_interval_s": 600}}, {"roles": ["executor"], **slow}]
+    async with start_nodes(2, tmp_path, topology="full", coops=[COOP], per_node=per_node) as cluster:
+        a, b = cluster[0], cluster[1]
+        await a.set_local_policy(policy())
+        await wait_policy(cluster)
+        fuel = 0
+        for i in (1, 2):
+            await a.compute.submit(task(i), ADD.encode())
+            done = await a.compute.wait(f"t{i}", timeout=10)
+            assert done.state is TaskState.COMPLETED, done.reason
+            fuel += done.receipt["fuel_used"]
+        view = a.usage_store.member_usage(COOP, "did:icn:alice")
+        assert view.fuel_this_month == fuel > 0
+        assert view.tasks_completed_this_month == 2 and view.concurrent_tasks == 0
+        writers = {e.writer for e in a.usage_store.state.entries(COOP)}
+        assert b.did in writers
+
+        # an entry that is not the executor's own for this member is dropped and counted
+        own = a.usage_store.own_signed(COOP, "did:icn:alice", view.month)
+        dropped = metrics.MESSAGES_DROPPED.labels("direct", "bad_usage")
+        before = dropped._value.get()
+        t = ComputeTask.model_validate(done.task)
+        assert a.compute._executor_usage(own.to_wire(), b.did, t) is None  # written by the submitter
+        assert a.compute._executor_usage({"entry": {}}, b.did, t) is None  # malformed
+        assert dropped._value.get() == before + 2
+        theirs = b.usage_store.own_signed(COOP, "did:icn:alice", view.month)
+        assert isinstance(a.compute._executor_usage(theirs.to_wire(), b.did, t), SignedUsageEntry)

@@ -35,6 +35,9 @@ FIGURES = {
     ("missing < 3", False),
     ("quota.c.did:icn:x.y.overshoot_pct < 20", True),
     ("tasks.lost == -1", False),
+    ("tasks.completed <= tasks.lost + 9", True),
+    ("tasks.completed <= 2 * tasks.lost + 8.5", False),
+    ("tasks.completed + 1 == tasks.admitted", True),
 ])
 def test_evaluates(expr, expected):
     passed, detail = evaluate(expr, FIGURES)
@@ -59,6 +62,8 @@ def test_bad_types_fail_without_raising():
     assert not passed
     passed, detail = evaluate('2 * label == 3', FIGURES)
     assert not passed and "cannot" in detail
+    passed, detail = evaluate('label + 1 == 3', FIGURES)
+    assert not passed and "cannot add" in detail
 
 
 @pytest.mark.parametrize("expr,where", [
@@ -71,6 +76,7 @@ def test_bad_types_fail_without_raising():
     ("__import__('os') == 1", "expected a comparison"),
     ("tasks.lost == 0; rm", "unexpected"),
     ("== 3", "expected a value"),
+    ("tasks.lost + == 3", "expected a value"),
 ])
 def test_syntax_errors_say_where(expr, where):
     with pytest.raises(AssertionSyntaxError, match=where):

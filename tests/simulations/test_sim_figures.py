@@ -36,10 +36,13 @@ def test_replacement_measures_kill_to_detect_and_to_placed_again():
                      ["placed", 12_600, f"placed on {OTHER}"], ["running", 12_700, ""], ["completed", 13_000, ""]])
     in_flight = task("b", [["placed", 9_000, f"placed on {DEAD}"], ["running", 9_100, f"running on {DEAD}"],
                            ["completed", 10_050, ""]])
+    # accepted and finished before the kill, both answers read after it
+    both_in_flight = task("e", [["placed", 9_000, f"placed on {DEAD}"], ["running", 10_020, f"running on {DEAD}"],
+                                ["completed", 10_030, ""]])
     elsewhere = task("c", [["placed", 9_000, f"placed on {OTHER}"], ["running", 9_100, ""], ["completed", 11_000, ""]])
     never = task("d", [["running", 9_500, f"running on {DEAD}"], ["failed", 20_000, "gave up"]], state="failed")
-    r = replacement_figures(obs_with(hit, in_flight, elsewhere, never))
-    assert r["kills"] == 1 and r["tasks_hit"] == 2 and r["replaced"] == 1 and r["completed_in_flight"] == 1
+    r = replacement_figures(obs_with(hit, in_flight, both_in_flight, elsewhere, never))
+    assert r["kills"] == 1 and r["tasks_hit"] == 2 and r["replaced"] == 1 and r["completed_in_flight"] == 2
     assert r["replaced_p50_ms"] == 2_600 and r["replaced_max_ms"] == 2_600
     assert r["detect_p50_ms"] == 2_500 and r["detect_max_ms"] == 10_000
     by_id = {h["task_id"]: h for h in r["per_task"]}
