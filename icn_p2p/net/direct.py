@@ -153,7 +153,15 @@ class DirectChannel:
         another task's call. The stream is opened once and reopened once if
         it broke.
         """
-        item = _Queued(seal_frame(self.sealer, type, payload, self.frame_limit))
+        await self.send_frame(peer_id, self.seal(type, payload), timeout=timeout)
+
+    def seal(self, type: str, payload: Any) -> bytes:
+        """One note as framed for the wire: seal once, ``send_frame`` it to many peers."""
+        return seal_frame(self.sealer, type, payload, self.frame_limit)
+
+    async def send_frame(self, peer_id: Any, frame: bytes, *, timeout: float = 5.0) -> None:
+        """``notify`` with a note already sealed by ``seal``."""
+        item = _Queued(frame)
         self._queued.setdefault(peer_id, []).append(item)
         lock = self._locks.setdefault(peer_id, trio.Lock())
         try:

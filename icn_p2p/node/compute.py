@@ -6,9 +6,14 @@ Submitter side (the node a member submits on):
    A rejection is final and carries every violation back to the submitter.
    Admission takes a concurrency slot for the member (``task_claimed``) and,
    for Commons-scoped tasks, a durable credit reservation.
-2. **Announcement** on ``icn/compute/1`` (gossip) with the adjusted priority,
-   the placement constraints and the pinned policy hash; tasks submitted
-   while an announcement is in flight share the next message.
+2. **Announcement** with the adjusted priority, the placement constraints and
+   the pinned policy hash; tasks submitted while an announcement is in flight
+   share the next message. It goes on ``icn/compute/1`` (gossip, the whole
+   mesh) unless at least ``want_offers`` connected executors offered for the
+   coop lately: then straight to them on direct streams, one hop each,
+   instead of every node relaying it to every other. Gossip still carries
+   one announcement per coop every ``announce_refresh_ms`` (so executors that
+   never offered hear of tasks) and every task announced again after silence.
 3. **Offers** arrive on direct streams (``/icn/task/1``): one hop, no gossip
    fan-out, nobody else needs them. The offer window closes when enough
    feasible offers arrived or after ``offer_window_ms``.
@@ -97,6 +102,10 @@ CANCEL = "compute.cancel"
 PROBE = "compute.probe"
 PROGRESS = "compute.progress"
 
+#: How long an executor that offered for a coop stays among those a
+#: submitter announces to directly (while it stays connected).
+OFFERER_MEMORY_MS = 600_000
+
 TASKS_BY_STATE = metrics.Counter(
     "icn_tasks_transitions", "Task lifecycle transitions on this node, by state entered",
     ["state"], registry=metrics.REGISTRY,
@@ -112,6 +121,10 @@ TASK_LATENCY_SECONDS = metrics.Histogram(
 OFFERS = metrics.Counter(
     "icn_offers", "Offers made (executor side) and received (submitter side)",
     ["direction"], registry=metrics.REGISTRY,
+)
+ANNOUNCEMENTS = metrics.Counter(
+    "icn_announcements", "Announcement messages sent, by path (gossip, or direct to recent offerers)",
+    ["path"], registry=metrics.REGISTRY,
 )
 CLAIMS = metrics.Counter(
     "icn_claims", "Claims handled on the executor side, by outcome", ["outcome"], registry=metrics.REGISTRY,
@@ -211,7 +224,9 @@ class ComputeService:
         self._running: dict[str, _Running] = {}
         self._published: dict[str, int] = {}
         self._dirty_coops: set[str] = set()
-        self._announcements: list[dict[str, Any]] = []
+        self._announcements: list[tuple[dict[str, Any], bool]] = []  # (item, to the whole mesh)
+        self._offerers: dict[str, dict[str, int]] = {}  # coop -> executor -> last offer (ms)
+        self._gossiped_at: dict[str, float] = {}  # coop -> trio time of its last gossiped announcement
         self._announce_ready = trio.Event()
         self._announce_answered = trio.Event()  # an offer came back for the message in flight
         self._in_flight: set[str] = set()  # the tasks of the announcement message in flight
@@ -226,6 +241,7 @@ class ComputeService:
         self._nursery: trio.Nursery | None = None
         node.register_type(ANNOUNCE, TOPIC_COMPUTE, _announce_schema)
         node.handle(ANNOUNCE, self._on_announce)
+        self.direct.handle(ANNOUNCE, self._on_direct_announce)
         self.direct.handle(OFFER, self._on_offer)
         self.direct.handle(CLAIM, self._on_claim)
         self.direct.handle(CANCEL, self._on_cancel)
@@ -461,11 +477,12 @@ class ComputeService:
         attempts = 0
         backoff = self.settings.reannounce_ms
         announce = True
+        widely = False  # announced again after silence: to the whole mesh
         try:
             with trio.CancelScope(deadline=_deadline_trio(pending.deadline_ms, self.node.now_ms())) as scope:
                 pending.cancel = scope
                 while attempts < self.settings.max_attempts:
-                    decision = await self._collect_and_place(pending, excluded, announce=announce)
+                    decision = await self._collect_and_place(pending, excluded, announce=announce, widely=widely)
                     if not decision.placed:
                         await self._move(task.id, TaskState.WAITING, "no feasible executor yet",
                                          waiting_for=decision.waiting_for)
@@ -476,12 +493,12 @@ class ComputeService:
                         pending.offer_arrived = trio.Event()
                         with trio.move_on_after(backoff / 1000) as waited:
                             await pending.offer_arrived.wait()
-                        announce = waited.cancelled_caught
+                        announce = widely = waited.cancelled_caught
                         if announce:
                             backoff = min(backoff * 2, self.settings.reannounce_max_ms)
                         continue
                     backoff = self.settings.reannounce_ms
-                    announce = True
+                    announce, widely = True, False
                     outcome = await self._claim_and_run(pending, decision, excluded)
                     if outcome is None:
                         return
@@ -512,9 +529,9 @@ class ComputeService:
             pending.done.set()
 
     async def _collect_and_place(self, pending: _Pending, excluded: list[str], *,
-                                 announce: bool = True) -> PlacementDecision:
+                                 announce: bool = True, widely: bool = False) -> PlacementDecision:
         """Rank the offers kept so far plus, when ``announce``, those an announcement brings
-        within the offer window."""
+        within the offer window (``widely``: gossiped to the whole mesh)."""
         task = pending.task
         now = self.node.now_ms()
         feasible = feasibility_check(task, pending.constraints, trust=self.trust,
@@ -537,7 +554,7 @@ class ComputeService:
                 "policy_hash": self._records[task.id].policy_hash,
                 "exclude": list(excluded),
                 "deadline_ms": pending.deadline_ms,
-            })
+            }, widely=widely)
             if "executor" in self.roles and self.node.did not in excluded:
                 local = self._offer_for(task, pending.constraints, list(excluded))
                 if local is not None:
@@ -750,13 +767,13 @@ class ComputeService:
         OFFERS.labels("made").inc()
         return Offer(task_id=task.id, executor=info, rtt_ms=None, offered_at_ms=self.node.now_ms())
 
-    def _announce(self, item: dict[str, Any]) -> None:
-        """Queue one task's announcement; the announcer gossips them in batches."""
-        self._announcements.append(item)
+    def _announce(self, item: dict[str, Any], *, widely: bool = False) -> None:
+        """Queue one task's announcement; the announcer sends them in batches."""
+        self._announcements.append((item, widely))
         self._announce_ready.set()
 
     async def _announcer(self) -> None:
-        """Gossip queued announcements, one message at a time in flight (like Nagle's rule).
+        """Send queued announcements, one message at a time in flight (like Nagle's rule).
 
         Each gossip message costs every node on the mesh its transport, its
         validation and its relaying, so a burst of submissions should share one
@@ -778,20 +795,74 @@ class ComputeService:
             self._announce_ready = trio.Event()
             last = trio.current_time()
             self._announce_answered = trio.Event()
-            self._in_flight = {item["task"]["id"] for item in self._announcements}
-            while self._announcements:
-                batch = self._announcements[:MAX_BATCH]
-                del self._announcements[:MAX_BATCH]
-                try:
-                    await self.node.publish(TOPIC_COMPUTE, ANNOUNCE, {
-                        "submitter_node": self.node.did, "submitter_addrs": self.node.listen_addrs(),
-                        "tasks": batch,
-                    })
-                except Exception as exc:  # the tasks re-announce after their window
-                    log.warning("event=announce_failed tasks=%d error=%r", len(batch), exc)
+            queued, self._announcements = self._announcements, []
+            self._in_flight = {item["task"]["id"] for item, _ in queued}
+            by_coop: dict[str, list[tuple[dict[str, Any], bool]]] = {}
+            for entry in queued:
+                by_coop.setdefault(entry[0]["task"]["coop_id"], []).append(entry)
+            for coop, entries in by_coop.items():
+                for i in range(0, len(entries), MAX_BATCH):
+                    batch = entries[i:i + MAX_BATCH]
+                    try:
+                        await self._send_announcement(coop, [item for item, _ in batch],
+                                                      widely=any(w for _, w in batch))
+                    except Exception as exc:  # the tasks re-announce after their window
+                        log.warning("event=announce_failed tasks=%d error=%r", len(batch), exc)
+
+    async def _send_announcement(self, coop: str, items: list[dict[str, Any]], *, widely: bool) -> None:
+        """One announcement message: straight to the coop's recent offerers when there
+        are enough of them, else (and for a periodic refresh, and ``widely``) by gossip."""
+        body = {"submitter_node": self.node.did, "submitter_addrs": self.node.listen_addrs(), "tasks": items}
+        now = trio.current_time()
+        refresh = self.settings.announce_refresh_ms / 1000
+        peers = [] if widely else self._direct_peers(coop)
+        if len(peers) < self.settings.want_offers or now - self._gossiped_at.get(coop, float("-inf")) >= refresh:
+            self._gossiped_at[coop] = now
+            ANNOUNCEMENTS.labels("gossip").inc()
+            await self.node.publish(TOPIC_COMPUTE, ANNOUNCE, body)
+            return
+        ANNOUNCEMENTS.labels("direct").inc()
+        frame = self.direct.seal(ANNOUNCE, body)
+        for peer in peers:
+            self._nursery.start_soon(self._send_direct_announcement, peer, frame)
+
+    async def _send_direct_announcement(self, peer: Any, frame: bytes) -> None:
+        try:
+            await self.direct.send_frame(peer, frame, timeout=2.0)
+        except ConversationError as exc:  # silence then announces the tasks to the whole mesh
+            log.info("event=announce_not_delivered peer=%s reason=%s", peer, exc.reason)
+
+    def _direct_peers(self, coop: str) -> list[Any]:
+        """Connected executors that offered for ``coop`` within ``OFFERER_MEMORY_MS``."""
+        seen = self._offerers.get(coop)
+        if not seen:
+            return []
+        now = self.node.now_ms()
+        host = self.node.host
+        peers = []
+        for did, at in list(seen.items()):
+            if now - at > OFFERER_MEMORY_MS:
+                del seen[did]
+                continue
+            peer = host.peer_for_did(did)
+            if host.is_connected(peer):
+                peers.append(peer)
+        return peers
 
     async def _on_announce(self, delivery: Delivery) -> None:
-        p = delivery.envelope.payload
+        self._offer_on(delivery.envelope.payload)
+
+    async def _on_direct_announce(self, env, conv: Conversation) -> None:
+        """An announcement sent straight to us: the gossip path's schema, then the same offers."""
+        reason = _announce_schema(env, "")
+        if reason is not None:
+            metrics.MESSAGES_DROPPED.labels("direct", reason).inc()
+            log.info("event=announce_dropped peer=%s reason=%s", conv.peer_did, reason)
+            return
+        self._offer_on(env.payload)
+
+    def _offer_on(self, p: dict[str, Any]) -> None:
+        """Offer for each announced task we can run, all in one note to the submitter."""
         submitter = p.get("submitter_node")
         if submitter == self.node.did or "executor" not in self.roles:
             return
@@ -846,6 +917,7 @@ class ComputeService:
             pending = self._pending.get(offer.task_id)
             if pending is None:
                 continue  # the task is placed or finished
+            self._offerers.setdefault(pending.task.coop_id, {})[conv.peer_did] = self.node.now_ms()
             OFFERS.labels("received").inc()
             try:
                 pending.offers_send.send_nowait(offer)

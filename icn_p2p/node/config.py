@@ -87,6 +87,7 @@ class ComputeSettings(BaseModel):
     probe_interval_ms: int = Field(default=1_000, ge=10)
     usage_flush_ms: int = Field(default=250, ge=0, le=60_000)
     announce_interval_ms: int = Field(default=80, ge=0, le=1_000)
+    announce_refresh_ms: int = Field(default=5_000, ge=0, le=600_000)
     probe_misses: int = Field(default=3, ge=1)
     fuel_per_credit: int = Field(default=1_000_000, ge=1)
     cpu_cores: float = Field(default=2.0, gt=0)

@@ -294,3 +294,51 @@ async def test_result_brings_the_executors_usage_before_the_slot_is_freed(tmp_pa
         assert dropped._value.get() == before + 2
         theirs = b.usage_store.own_signed(COOP, "did:icn:alice", view.month)
         assert isinstance(a.compute._executor_usage(theirs.to_wire(), b.did, t), SignedUsageEntry)
+
+
+def counted(name, **labels):
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_announcements_go_straight_to_recent_offerers_and_widely_after_silence(tmp_path):
+    """Once enough executors offered for the coop, announcements go to them on direct
+    streams; a task none of them answers is announced again by gossip and reaches
+    the executor that never offered."""
+    fast = {"offer_window_ms": 150, "compute": {"reannounce_ms": 50, "announce_refresh_ms": 600_000}}
+    per_node = [{"roles": ["submitter"], **fast}] + [{"roles": ["executor"]} for _ in range(4)]
+    async with start_nodes(5, tmp_path, topology="full", coops=[COOP], per_node=per_node) as cluster:
+        a, quiet = cluster[0], cluster[4]
+        await a.set_local_policy(policy())
+        await wait_policy(cluster)
+        for i in range(3):  # the first goes by gossip; the others' executors have offered by then
+            await a.compute.submit(task(i, locality_hints={"avoid_executors": [quiet.did]}), ADD.encode())
+            done = await a.compute.wait(f"t{i}", timeout=10)
+            assert done.state is TaskState.COMPLETED, done.reason
+        direct = counted("icn_announcements_total", path="direct")
+        gossip = counted("icn_announcements_total", path="gossip")
+        assert direct >= 1 and gossip >= 1
+
+        others = [n.did for n in cluster.nodes[1:4]]
+        await a.compute.submit(task(9, locality_hints={"avoid_executors": others}), ADD.encode())
+        done = await a.compute.wait("t9", timeout=10)
+        assert done.state is TaskState.COMPLETED, done.reason
+        assert done.executor == quiet.did
+        assert counted("icn_announcements_total", path="direct") == direct + 1  # to the three that offered
+        assert counted("icn_announcements_total", path="gossip") >= gossip + 1  # then to everyone
+        assert TaskState.WAITING in [e.state for e in done.events]
+
+
+async def test_a_malformed_direct_announcement_is_dropped_and_counted(tmp_path):
+    async with start_nodes(2, tmp_path, topology="full", coops=[COOP]) as cluster:
+        a, b = cluster[0], cluster[1]
+        before = counted("icn_messages_dropped_total", topic="direct", reason="bad_schema")
+        await a.direct.notify(a.host.peer_for_did(b.did), "compute.announce",
+                              {"submitter_node": a.did, "tasks": []})
+        with trio.fail_after(5):
+            while counted("icn_messages_dropped_total", topic="direct", reason="bad_schema") == before:
+                await trio.sleep(0.02)
+        # the stream and the executor carry on
+        await a.set_local_policy(policy())
+        await wait_policy(cluster)
+        await a.compute.submit(task(1), ADD.encode())
+        assert (await a.compute.wait("t1", timeout=10)).state is TaskState.COMPLETED
