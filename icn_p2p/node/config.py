@@ -85,7 +85,7 @@ class ComputeSettings(BaseModel):
     claim_timeout_ms: int = Field(default=5_000, ge=10)
     accept_grace_ms: int = Field(default=20, ge=0, le=10_000)
     probe_interval_ms: int = Field(default=1_000, ge=10)
-    usage_flush_ms: int = Field(default=250, ge=0, le=60_000)
+    usage_flush_ms: int = Field(default=1_000, ge=0, le=60_000)
     announce_interval_ms: int = Field(default=80, ge=0, le=1_000)
     announce_refresh_ms: int = Field(default=5_000, ge=0, le=600_000)
     probe_misses: int = Field(default=3, ge=1)
