@@ -79,7 +79,7 @@ from icn_p2p.scheduler import (
     feasibility_check,
     place,
 )
-from icn_p2p.usage.crdt import SignedUsageEntry
+from icn_p2p.usage.crdt import SignedUsageEntry, UsageRejection
 from icn_p2p.usage.tracker import UsageTracker
 
 from .config import ComputeSettings
@@ -733,7 +733,7 @@ class ComputeService:
             return None
         try:
             signed = SignedUsageEntry.from_wire(item)
-        except Exception as exc:
+        except UsageRejection as exc:
             why = f"malformed: {exc}"
         else:
             e = signed.entry

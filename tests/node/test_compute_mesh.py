@@ -2,7 +2,6 @@
 
 import logging
 
-import pytest
 import trio
 
 from icn_p2p import metrics
@@ -291,7 +290,8 @@ async def test_result_brings_the_executors_usage_before_the_slot_is_freed(tmp_pa
         t = ComputeTask.model_validate(done.task)
         assert a.compute._executor_usage(own.to_wire(), b.did, t) is None  # written by the submitter
         assert a.compute._executor_usage({"entry": {}}, b.did, t) is None  # malformed
-        assert dropped._value.get() == before + 2
+        assert a.compute._executor_usage("garbage", b.did, t) is None
+        assert dropped._value.get() == before + 3
         theirs = b.usage_store.own_signed(COOP, "did:icn:alice", view.month)
         assert isinstance(a.compute._executor_usage(theirs.to_wire(), b.did, t), SignedUsageEntry)
 
