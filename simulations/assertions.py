@@ -16,7 +16,9 @@ fails the assertion with "unknown figure", it never raises.
 from __future__ import annotations
 
 import math
+import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,12 +57,16 @@ class Path:
 
 @dataclass(frozen=True)
 class Product:
-    factors: tuple[Any, ...]
+    items: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
 class Sum:
-    terms: tuple[Any, ...]
+    items: tuple[Any, ...]
+
+
+#: Arithmetic nodes: the start value, the operation and its verb for errors.
+_ARITHMETIC = {Product: (1, operator.mul, "multiply"), Sum: (0, operator.add, "add")}
 
 
 @dataclass(frozen=True)
@@ -122,19 +128,19 @@ class _Parser:
             raise AssertionSyntaxError(f"unexpected {tok[1]!r} at column {tok[2] + 1} in {self.text!r}")
         return node
 
-    def disj(self) -> Any:
-        items = [self.conj()]
-        while (t := self.peek()) and t[0] == "or":
+    def _chain(self, part: Callable[[], Any], kind: str, build: Callable[[tuple[Any, ...]], Any]) -> Any:
+        """``part (kind part)*``: one part alone, or ``build`` of them all."""
+        items = [part()]
+        while (t := self.peek()) and t[0] == kind:
             self.take()
-            items.append(self.conj())
-        return items[0] if len(items) == 1 else BoolOp("or", tuple(items))
+            items.append(part())
+        return items[0] if len(items) == 1 else build(tuple(items))
+
+    def disj(self) -> Any:
+        return self._chain(self.conj, "or", lambda items: BoolOp("or", items))
 
     def conj(self) -> Any:
-        items = [self.clause()]
-        while (t := self.peek()) and t[0] == "and":
-            self.take()
-            items.append(self.clause())
-        return items[0] if len(items) == 1 else BoolOp("and", tuple(items))
+        return self._chain(self.clause, "and", lambda items: BoolOp("and", items))
 
     def clause(self) -> Any:
         t = self.peek()
@@ -155,18 +161,10 @@ class _Parser:
         return Compare(left, op, self.value())
 
     def value(self) -> Any:
-        terms = [self.term()]
-        while (t := self.peek()) and t[0] == "plus":
-            self.take()
-            terms.append(self.term())
-        return terms[0] if len(terms) == 1 else Sum(tuple(terms))
+        return self._chain(self.term, "plus", Sum)
 
     def term(self) -> Any:
-        factors = [self.atom()]
-        while (t := self.peek()) and t[0] == "star":
-            self.take()
-            factors.append(self.atom())
-        return factors[0] if len(factors) == 1 else Product(tuple(factors))
+        return self._chain(self.atom, "star", Product)
 
     def atom(self) -> Any:
         kind, val, pos = self.take()
@@ -220,13 +218,14 @@ def _value(node: Any, figures: Any, seen: dict[str, Any]) -> Any:
         v = lookup(figures, node.name)
         seen[node.name] = v
         return v
-    if isinstance(node, (Product, Sum)):
-        out = 1 if isinstance(node, Product) else 0
-        for f in (node.factors if isinstance(node, Product) else node.terms):
-            v = _value(f, figures, seen)
+    arithmetic = _ARITHMETIC.get(type(node))
+    if arithmetic is not None:
+        out, op, verb = arithmetic
+        for item in node.items:
+            v = _value(item, figures, seen)
             if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise TypeError(f"cannot {'multiply' if isinstance(node, Product) else 'add'} {v!r}")
-            out = out * v if isinstance(node, Product) else out + v
+                raise TypeError(f"cannot {verb} {v!r}")
+            out = op(out, v)
         return out
     raise TypeError(node)
 

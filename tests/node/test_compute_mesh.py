@@ -29,6 +29,10 @@ def task(i, member="did:icn:alice", **extra):
                        args=extra.pop("args", [2, 3]), fuel_limit=extra.pop("fuel_limit", 1_000_000), **extra)
 
 
+def counted(name, **labels):
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def wait_policy(cluster, coop=COOP, version=1, timeout=10):
     with trio.fail_after(timeout):
         while not all((h := n.policy_heads().get(coop)) and h.version >= version for n in cluster.nodes):
@@ -285,19 +289,14 @@ async def test_result_brings_the_executors_usage_before_the_slot_is_freed(tmp_pa
 
         # an entry that is not the executor's own for this member is dropped and counted
         own = a.usage_store.own_signed(COOP, "did:icn:alice", view.month)
-        dropped = metrics.MESSAGES_DROPPED.labels("direct", "bad_usage")
-        before = dropped._value.get()
+        before = counted("icn_messages_dropped_total", topic="direct", reason="bad_usage")
         t = ComputeTask.model_validate(done.task)
         assert a.compute._executor_usage(own.to_wire(), b.did, t) is None  # written by the submitter
         assert a.compute._executor_usage({"entry": {}}, b.did, t) is None  # malformed
         assert a.compute._executor_usage("garbage", b.did, t) is None
-        assert dropped._value.get() == before + 3
+        assert counted("icn_messages_dropped_total", topic="direct", reason="bad_usage") == before + 3
         theirs = b.usage_store.own_signed(COOP, "did:icn:alice", view.month)
         assert isinstance(a.compute._executor_usage(theirs.to_wire(), b.did, t), SignedUsageEntry)
-
-
-def counted(name, **labels):
-    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_announcements_go_straight_to_recent_offerers_and_widely_after_silence(tmp_path):
