@@ -1123,15 +1123,19 @@ class ComputeService:
             return
         me = self.node.did
         store = self.node.usage_store
+        since = self._published.get(coop_id, 0)
 
-        def changed() -> list:
-            vv = {w: 2**62 for w in store.version_vector(coop_id)}
-            vv[me] = self._published.get(coop_id, 0)
-            return [e for e in store.delta_since(coop_id, vv) if e.entry.writer == me]
+        def changed() -> tuple[list, bool]:
+            marks = store.version_vector(coop_id)
+            vv = {w: 2**62 for w in marks}
+            vv[me] = since
+            entries = [e for e in store.delta_since(coop_id, vv) if e.entry.writer == me]
+            # vouch only for a history this node holds whole (not one restored in part)
+            return entries, bool(entries) and marks.get(me, 0) >= entries[-1].entry.version
 
-        entries = await self.node.blocking(changed)
+        entries, whole = await self.node.blocking(changed)
         if entries:
-            await self.node.publish_usage(coop_id, entries)
+            await self.node.publish_usage(coop_id, entries, since=since if whole else None)
             self._published[coop_id] = max(self._published.get(coop_id, 0),
                                            max(e.entry.version for e in entries))
 

@@ -41,12 +41,13 @@ from icn_p2p.node.sources import (
     PolicySource,
     UsageSource,
     policy_act_schema,
+    usage_batch,
     usage_entries_schema,
     usage_entry_schema,
 )
 from icn_p2p.policy.governance import PolicyAct, make_local_act
 from icn_p2p.policy.store import ApplyResult, Head, PolicyStore, PolicyVersion
-from icn_p2p.usage.crdt import SignedUsageEntry
+from icn_p2p.usage.crdt import SignedUsageEntry, UsageDelta
 from icn_p2p.usage.store import UsageStore
 from icn_p2p.wire import FloorStore, Limits, ReplayGuard, Sealer
 
@@ -296,27 +297,35 @@ class Node:
 
         (Entries still queued when the node stops are pulled again by sync.)
         """
-        await self._usage_send.send(delivery.envelope.payload["entries"])
+        await self._usage_send.send(usage_batch(delivery.envelope))
 
     async def _usage_writer(self) -> None:
-        """Merge received entries in batches: one transaction (one fsync) for all that wait."""
-        async for items in self._usage_recv:
-            batch = list(items)
-            while len(batch) < 4 * MAX_USAGE_BATCH:
+        """Merge received batches together: one transaction (one fsync) for all that wait."""
+        async for first in self._usage_recv:
+            batches = [first]
+            size = len(_entries_of(first))
+            while size < 4 * MAX_USAGE_BATCH:
                 try:
-                    batch.extend(self._usage_recv.receive_nowait())
+                    more = self._usage_recv.receive_nowait()
                 except trio.WouldBlock:
                     break
+                batches.append(more)
+                size += len(_entries_of(more))
             try:
-                await self.blocking(self.usage_store.merge, batch)
-            except Exception as exc:  # sync repairs what this batch would have brought
-                log.warning("event=usage_merge_failed entries=%d error=%r", len(batch), exc)
+                await self.blocking(self.usage_store.merge_batches, batches)
+            except Exception as exc:  # sync repairs what these batches would have brought
+                log.warning("event=usage_merge_failed entries=%d error=%r", size, exc)
 
-    async def publish_usage(self, coop_id: str, entries: list[SignedUsageEntry]) -> None:
+    async def publish_usage(self, coop_id: str, entries: list[SignedUsageEntry], *,
+                            since: int | None = None) -> None:
         """Gossip this node's own signed entries on the coop's topic, many to a message.
 
-        Only for a coop this node serves. A batch that would not fit the mesh's
-        message size is split; anything lost on the way is repaired by sync.
+        Only for a coop this node serves. With ``since``, the caller says these are
+        all of its entries changed after its version ``since`` (in version order),
+        and each message vouches for the span of versions it completes, so that
+        receivers' watermarks keep up although superseded versions never travel.
+        A batch that would not fit the mesh's message size is split; anything
+        lost on the way is repaired by sync.
         """
         if coop_id not in self.config.coops:
             return
@@ -324,12 +333,17 @@ class Node:
         chunks = [entries[i:i + MAX_USAGE_BATCH] for i in range(0, len(entries), MAX_USAGE_BATCH)]
         while chunks:
             chunk = chunks.pop(0)
-            data = self.sealer.seal(USAGE_ENTRIES, {"coop_id": coop_id, "entries": [e.to_wire() for e in chunk]})
+            body: dict[str, Any] = {"coop_id": coop_id, "entries": [e.to_wire() for e in chunk]}
+            if since is not None:
+                body["since"], body["through"] = since, chunk[-1].entry.version
+            data = self.sealer.seal(USAGE_ENTRIES, body)
             if len(data) > self.limits.max_bytes and len(chunk) > 1:
                 half = len(chunk) // 2
                 chunks[:0] = [chunk[:half], chunk[half:]]
                 continue
             await self.gossip.publish(topic, data)
+            if since is not None:
+                since = chunk[-1].entry.version
 
     async def record_usage(self, coop_id: str, member: str, **counters: int) -> SignedUsageEntry:
         """Add to this node's usage entry and gossip the signed entry on the coop's topic."""
@@ -337,3 +351,7 @@ class Node:
         signed = SignedUsageEntry.sign(entry, self.key)
         await self.publish_usage(coop_id, [signed])
         return signed
+
+
+def _entries_of(batch: list[Any] | UsageDelta) -> list[Any]:
+    return batch.entries if isinstance(batch, UsageDelta) else batch

@@ -17,7 +17,7 @@ from icn_p2p.core.clock import SystemClock
 from icn_p2p.net.gossip import TOPIC_POLICY, USAGE_TOPIC_FAMILY, USAGE_TOPIC_PREFIX
 from icn_p2p.policy.governance import GovernanceError, PolicyAct
 from icn_p2p.policy.store import PolicyStore
-from icn_p2p.usage.crdt import SignedUsageEntry, UsageRejection
+from icn_p2p.usage.crdt import MAX_COUNTER, SignedUsageEntry, UsageDelta, UsageRejection
 from icn_p2p.usage.store import UsageStore
 from icn_p2p.wire import Envelope, Reason
 
@@ -50,20 +50,29 @@ def usage_entry_schema(env: Envelope, topic: str) -> Reason | None:
 
 
 def usage_entries_schema(env: Envelope, topic: str) -> Reason | None:
-    """``{coop_id, entries: [signed entry, ...]}``: the signer's own entries for the topic's coop.
+    """``{coop_id, entries: [signed entry, ...], since?, through?}``: the signer's own
+    entries for the topic's coop.
 
     Each node gossips only what it wrote, so every entry's writer is the
     envelope's signer, whose signature the router has checked before this
     runs; the entries' own signatures are checked when they are merged.
+    ``since`` and ``through`` (both or neither) are the signer's word that
+    these are all its entries changed after its version ``since``, up to
+    ``through``: a receiver complete through ``since`` is then complete through
+    ``through`` (see :func:`usage_batch`), even though the versions an entry
+    passed through between two gossips never travel.
     """
     p = env.payload
-    if not isinstance(p, dict) or set(p) != {"coop_id", "entries"}:
+    if not isinstance(p, dict) or not {"coop_id", "entries"} <= set(p) <= _USAGE_BATCH_KEYS:
         return Reason.BAD_SCHEMA
     coop, items = p["coop_id"], p["entries"]
     if not isinstance(coop, str) or not isinstance(items, list) or not 1 <= len(items) <= MAX_USAGE_BATCH:
         return Reason.BAD_SCHEMA
     if topic and topic != USAGE_TOPIC_PREFIX + coop:
         return Reason.WRONG_TOPIC
+    span = _span(p)
+    if span is False:
+        return Reason.BAD_SCHEMA
     for item in items:
         try:
             entry = SignedUsageEntry.from_wire(item).entry
@@ -73,7 +82,32 @@ def usage_entries_schema(env: Envelope, topic: str) -> Reason | None:
             return Reason.WRONG_TOPIC
         if entry.writer != env.signer:
             return Reason.BAD_SIGNER
+        if span is not None and not span[0] < entry.version <= span[1]:
+            return Reason.BAD_SCHEMA
     return None
+
+
+_USAGE_BATCH_KEYS = {"coop_id", "entries", "since", "through"}
+
+
+def _span(p: dict) -> tuple[int, int] | None | bool:
+    """``(since, through)``, None when the batch vouches for nothing, False when malformed."""
+    if "since" not in p and "through" not in p:
+        return None
+    since, through = p.get("since"), p.get("through")
+    if type(since) is not int or type(through) is not int or not 0 <= since < through <= MAX_COUNTER:
+        return False
+    return since, through
+
+
+def usage_batch(env: Envelope) -> list[Any] | UsageDelta:
+    """A schema-checked ``usage.entries`` payload as what the store merges: the
+    entries, or a delta when the signer vouched for its span of versions."""
+    p = env.payload
+    span = _span(p)
+    if not span:
+        return p["entries"]
+    return UsageDelta(p["coop_id"], {env.signer: span[0]}, {env.signer: span[1]}, p["entries"])
 
 
 class PolicySource:

@@ -18,8 +18,12 @@ holds writer ``w``'s complete state as of ``w``'s change ``n`` (a watermark,
 not just the highest version seen). A gossiped single entry with a gap below it
 does not raise the watermark, so anti-entropy still fills the gap. The
 watermark rises (a) when the next change (``n + 1``) arrives, and (b) when a
-``UsageDelta`` built by ``delta(coop, vv)`` is merged: it holds every entry
-above ``since`` and says the sender was complete through ``through``.
+``UsageDelta`` is merged: it holds every entry above ``since`` and says the
+sender was complete through ``through``. A node's own usage gossip is such a
+delta for its own versions (the latest state of every entry it changed since
+its previous gossip), so a receiver's watermark keeps up although the versions
+an entry passed through between two gossips never travel; without that, every
+sync pull would send again everything above the first such gap.
 ``digest(coop)`` is an order-free hash of every held (key, writer, version,
 counters), so equal digests mean equal state whatever the watermarks say.
 """

@@ -339,6 +339,31 @@ class UsageStore:
         self._count(result)
         return result
 
+    def merge_batches(self, batches: Iterable[list[Any] | UsageDelta]) -> MergeResult:
+        """Merge many gossiped batches in one transaction: lists of entries, and
+        deltas whose sender vouched for a span of its versions (their watermarks
+        rise as in :meth:`merge_delta`). Checks run before the lock, as in :meth:`merge`."""
+        checked: list[list[Any] | UsageDelta] = []
+        for batch in batches:
+            if isinstance(batch, UsageDelta):
+                checked.append(UsageDelta(batch.coop_id, batch.since, batch.through,
+                                          [precheck(item, self.state) for item in batch.entries]))
+            else:
+                checked.append([precheck(item, self.state) for item in batch])
+        result = MergeResult()
+        now_ms = self.clock.now_ms()
+        with self.batch():
+            for batch in checked:
+                if isinstance(batch, UsageDelta):
+                    part = self.state.merge_delta(batch, now_ms=now_ms, retention_ms=self.retention_ms)
+                else:
+                    part = self.state.merge(batch, now_ms=now_ms, retention_ms=self.retention_ms)
+                result.accepted += part.accepted
+                result.unchanged += part.unchanged
+                result.rejected.extend(part.rejected)
+        self._count(result)
+        return result
+
     def _count(self, result: MergeResult) -> None:
         if result.accepted:
             ENTRIES_MERGED.labels("accepted").inc(result.accepted)

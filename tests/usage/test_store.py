@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from icn_p2p.usage import SCHEMA_VERSION, StoreError, UsageState, UsageStore
+from icn_p2p.usage import SCHEMA_VERSION, StoreError, UsageDelta, UsageState, UsageStore
 from icn_p2p.usage.store import DB_FILENAME, migrate
 
 from .helpers import KEYS, MONTH, NOW, PREV
@@ -194,3 +194,37 @@ def test_context_manager_closes(tmp_path, clock):
         s.increment("c", "m", cpu_ms=1)
     with pytest.raises(sqlite3.ProgrammingError):
         s._conn.execute("SELECT 1")
+
+
+def test_gossiped_batches_merge_in_one_transaction_and_a_vouched_span_raises_the_watermark(make_store):
+    # the writer changes m0 twice between two gossips: its version 1 never travels
+    writer = UsageState(KEYS[1])
+    writer.apply_local("c", "m0", MONTH, cpu_ms=1)
+    writer.apply_local("c", "m0", MONTH, cpu_ms=1)
+    writer.apply_local("c", "m1", MONTH, cpu_ms=1)
+    latest = writer.delta_since("c", {})
+    assert [s.entry.version for s in latest] == [2, 3]
+    plain, vouched = make_store("plain.db", KEYS[0]), make_store("vouched.db", KEYS[0])
+    assert plain.merge_batches([latest]).accepted == 2
+    assert plain.version_vector("c").get(writer.did, 0) == 0  # a gap at version 1: sync would resend
+    delta = UsageDelta("c", {writer.did: 0}, {writer.did: 3}, latest)
+    assert vouched.merge_batches([delta]).accepted == 2
+    assert vouched.version_vector("c")[writer.did] == 3
+    assert vouched.digest("c") == plain.digest("c")
+
+
+def test_a_vouched_span_above_a_gap_or_with_a_refused_entry_raises_nothing(make_store):
+    writer = UsageState(KEYS[1])
+    for _ in range(3):
+        writer.apply_local("c", "m0", MONTH, cpu_ms=1)
+    (latest,) = writer.delta_since("c", {})
+    store = make_store("a.db", KEYS[0])
+    above = UsageDelta("c", {writer.did: 1}, {writer.did: 3}, [latest])  # we never held version 1
+    assert store.merge_batches([above]).accepted == 1
+    assert store.version_vector("c").get(writer.did, 0) == 0
+    forged = latest.to_wire()
+    forged["entry"]["cpu_ms"] += 1  # no longer what the writer signed
+    other = make_store("b.db", KEYS[0])
+    result = other.merge_batches([UsageDelta("c", {writer.did: 0}, {writer.did: 3}, [forged])])
+    assert result.accepted == 0 and result.rejected
+    assert other.version_vector("c").get(writer.did, 0) == 0
