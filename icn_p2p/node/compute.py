@@ -82,6 +82,7 @@ from icn_p2p.scheduler import (
 from icn_p2p.usage.crdt import SignedUsageEntry, UsageRejection
 from icn_p2p.usage.tracker import UsageTracker
 
+from .batcher import Batcher
 from .config import ComputeSettings
 from .lifecycle import TaskRecord, TaskState
 from .record_writer import RecordWriter
@@ -233,7 +234,10 @@ class ComputeService:
         self._usage_dirty = trio.Event()
         self._claims: dict[str, _ClaimWaiter] = {}
         self._claimed_at: dict[str, dict[str, int]] = {}  # executor -> task -> claim sent (ms)
-        self._admission_locks = [trio.Lock() for _ in range(64)]
+        # admissions and closings of many tasks share worker-thread calls (see .batcher)
+        self._admitter = Batcher(self._admit_many, node.blocking)
+        self._finisher = Batcher(self._finish_many, node.blocking)
+        self._recorder = Batcher(self._record_many, node.blocking)
         self._records: dict[str, TaskRecord] = {}
         self._admitting: set[str] = set()
         self._decisions: dict[str, PlacementDecision] = {}
@@ -278,6 +282,9 @@ class ComputeService:
             nursery.start_soon(self.queue.run)
             nursery.start_soon(self.writer.run)
             nursery.start_soon(self._usage_flusher)
+            nursery.start_soon(self._admitter.run)
+            nursery.start_soon(self._finisher.run)
+            nursery.start_soon(self._recorder.run)
             nursery.start_soon(self._announcer)
             await self._resume_unfinished()
             task_status.started()
@@ -322,13 +329,13 @@ class ComputeService:
         if task.id in self._records or task.id in self._admitting:
             raise SubmitError("duplicate_task", f"task {task.id} was already submitted")
 
-        # One admission at a time per member: reading usage, deciding and taking the
-        # concurrency slot (and any credit reservation) form one step, so a burst of
-        # submissions cannot all pass a limit that only the first should.
+        # Admissions run one after another in the admitter's calls: reading usage,
+        # deciding and taking the concurrency slot (and any credit reservation) form
+        # one step, so a burst of submissions cannot all pass a limit that only the
+        # first should.
         self._admitting.add(task.id)
         try:
-            async with self._admission_locks[hash((task.coop_id, task.submitter)) % len(self._admission_locks)]:
-                record, decision, refusal = await self.node.blocking(self._admit, task, now)
+            record, decision, refusal = await self._admitter((task, now))
         finally:
             self._admitting.discard(task.id)
         self._records[task.id] = record
@@ -355,13 +362,45 @@ class ComputeService:
         self._nursery.start_soon(self._drive, pending)
         return record
 
-    def _admit(self, task: ComputeTask, now: int) -> tuple[TaskRecord, Any, InsufficientCredits | None]:
-        """Blocking: admit or reject ``task`` and commit the outcome, in one worker-thread call.
+    def _admit_many(self, steps: list[tuple[ComputeTask, int]]) -> list[Any]:
+        """Blocking: admit or reject each task in order; one usage transaction for their
+        slots, then one write of their records, before any submitter hears its answer
+        (so a node killed a moment later still knows every task whose slot it took).
 
-        Reads the coop's current policy and the member's merged usage, decides,
-        and for an admitted task takes the member's concurrency slot and any
-        Commons credit reservation; the record is committed before returning,
-        so a node killed a moment later still knows the task whose slot it took.
+        Returns each task's ``(record, decision, refusal)``, or the ``SubmitError``
+        that refused it before anything was taken. Anything else fails the whole
+        batch: the usage transaction rolls back and the credit reservations it
+        made are given back.
+        """
+        outcomes: list[Any] = []
+        reserved: list[str] = []
+        try:
+            with self.node.usage_store.batch():
+                for task, now in steps:
+                    try:
+                        outcome = self._admit(task, now)
+                    except SubmitError as exc:
+                        outcomes.append(exc)
+                        continue
+                    outcomes.append(outcome)
+                    if outcome[0].state is TaskState.ADMITTED and task.scope == ScopeLevel.COMMONS:
+                        reserved.append(task.id)
+            self.tasks.save_many([o[0] for o in outcomes if not isinstance(o, SubmitError)])
+        except BaseException:
+            for task_id in reserved:
+                try:
+                    self.credits.release(task_id)
+                except Exception as exc:  # the restart sweep finds it: no task holds it
+                    log.error("event=reservation_not_released task=%s error=%r", task_id, exc)
+            raise
+        return outcomes
+
+    def _admit(self, task: ComputeTask, now: int) -> tuple[TaskRecord, Any, InsufficientCredits | None]:
+        """Blocking: admit or reject ``task`` (part of :meth:`_admit_many`'s batch).
+
+        Reads the coop's current policy and the member's merged usage (with the
+        slots this batch took so far), decides, and for an admitted task takes
+        the member's concurrency slot and any Commons credit reservation.
         """
         if self.tasks.get(task.id) is not None:
             raise SubmitError("duplicate_task", f"task {task.id} was already submitted")
@@ -396,7 +435,6 @@ class ComputeService:
                 self.tracker.task_claimed(task.coop_id, task.submitter, task.id, now)
                 record = record.moved(TaskState.ADMITTED, now, reason=None,
                                       detail={"adjusted_priority": decision.adjusted_priority.value})
-        self.tasks.save(record)
         return record, decision, refusal
 
     def _credit_balance(self, coop_id: str, member: str) -> int:
@@ -1049,19 +1087,23 @@ class ComputeService:
         it frees the member's slot (gossip brings it to everyone else)."""
         earned = actual_cost(receipt.fuel_used, self.rate) if (
             task.scope == ScopeLevel.COMMONS and receipt.outcome.ran) else 0
-
-        def record() -> SignedUsageEntry | None:
-            now = self.node.now_ms()
-            self.tracker.record_execution(task.coop_id, task.submitter, task.id, receipt.cpu_ms,
-                                          receipt.fuel_used, executor_did=self.node.did, now_ms=now,
-                                          count_task=False)
-            if earned:
-                self.tracker.credit_earned(task.coop_id, self.node.did, earned, f"earn:{task.id}")
-            return self.node.usage_store.own_signed(task.coop_id, task.submitter, month_key(now))
-
-        usage = await self.node.blocking(record)
+        usage = await self._recorder((task, receipt, earned))
         self._usage_changed(task.coop_id)
         return usage
+
+    def _record_many(self, steps: list[tuple[ComputeTask, Receipt, int]]) -> list[SignedUsageEntry | None]:
+        """Blocking: record many runs in one usage transaction. Each gets our entry for its
+        member signed at the end of the transaction (one signature for a member's runs)."""
+        store = self.node.usage_store
+        with store.batch():
+            now = self.node.now_ms()
+            for task, receipt, earned in steps:
+                self.tracker.record_execution(task.coop_id, task.submitter, task.id, receipt.cpu_ms,
+                                              receipt.fuel_used, executor_did=self.node.did, now_ms=now,
+                                              count_task=False)
+                if earned:
+                    self.tracker.credit_earned(task.coop_id, self.node.did, earned, f"earn:{task.id}")
+            return [store.own_signed(task.coop_id, task.submitter, month_key(now)) for task, _, _ in steps]
 
     async def _on_probe(self, env, conv: Conversation) -> None:
         """Does this executor still run the task? (Answered from memory: a restart forgets.)"""
@@ -1178,8 +1220,7 @@ class ComputeService:
                              **({"receipt": _jsonable(receipt.to_wire())} if receipt is not None else {}), **changes)
         self._records[final.task_id] = final  # a second finish (cancel racing a result) stops here
         task = ComputeTask.model_validate(record.task)
-        await self.node.blocking(self._close_books, task, state, receipt, usage, now)
-        await self.writer.save(final)
+        await self._finisher((task, state, receipt, usage, now, final))
         TASKS_BY_STATE.labels(state.value).inc()
         self._usage_changed(task.coop_id)
         pending = self._pending.get(task.id)
@@ -1187,6 +1228,16 @@ class ComputeService:
             TASK_LATENCY_SECONDS.labels(state.value).observe(time.perf_counter() - pending.submitted_at)
         self._emit("TaskFinished", task_id=task.id, state=state.value, reason=reason)
         log.info("event=task_finished task=%s state=%s reason=%r", task.id, state.value, reason)
+
+    def _finish_many(self, steps: list[tuple[Any, ...]]) -> list[None]:
+        """Blocking: close many tasks' books in one usage transaction, then commit their
+        final records in one write (straight to the store: a final record is never
+        written over, so an older one still in the record writer cannot undo it)."""
+        with self.node.usage_store.batch():
+            for *books, _ in steps:
+                self._close_books(*books)
+        self.tasks.save_many([final for *_, final in steps])
+        return [None] * len(steps)
 
     def _close_books(self, task: ComputeTask, state: TaskState, receipt: Receipt | None,
                      usage: SignedUsageEntry | None, now: int) -> None:

@@ -9,7 +9,9 @@ intermediate states: a restart fails unfinished tasks anyway);
 :meth:`save` returns once the record is committed (final states).
 
 Every record of a task goes through the writer, so an older state can never
-be written over a newer one.
+be written over a newer one; the exception is a final record, which the
+compute service commits together with the task's books (one worker-thread
+call for both), and which the store never writes over.
 """
 
 from __future__ import annotations

@@ -35,9 +35,14 @@ CREATE INDEX IF NOT EXISTS tasks_by_coop ON tasks(coop_id, updated_at_ms);
 """
 
 
+# A final record is never written over: records reach the store on more than one
+# path (the record writer's batches, a finished task's own commit), so a batch
+# that left with an older state of a task must not undo its end.
+_FINAL = ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES, key=lambda s: s.value))
 _UPSERT = ("INSERT INTO tasks(task_id, coop_id, submitter, state, updated_at_ms, record)"
            " VALUES (?,?,?,?,?,?) ON CONFLICT(task_id) DO UPDATE SET state=excluded.state,"
-           " updated_at_ms=excluded.updated_at_ms, record=excluded.record")
+           " updated_at_ms=excluded.updated_at_ms, record=excluded.record"
+           f" WHERE tasks.state NOT IN ({_FINAL})")
 
 
 class TaskStore:

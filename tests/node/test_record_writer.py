@@ -75,3 +75,18 @@ async def test_drain_writes_what_is_still_queued_at_stop(tmp_path):
     reopened = TaskStore(tmp_path / "tasks.db")
     assert reopened.get("t9") is not None
     reopened.close()
+
+
+def test_a_final_record_is_never_written_over(tmp_path):
+    # the finished task's own commit can overtake a writer batch that left with an older state
+    store = TaskStore(tmp_path / "tasks.db")
+    r = _record()
+    placed = r.moved(S.ADMITTED, 1001).moved(S.PLACED, 1002)
+    done = placed.moved(S.RUNNING, 1003).moved(S.COMPLETED, 1004)
+    store.save_many([done])
+    store.save_many([placed, _record("t2")])
+    assert store.get("t1").state is S.COMPLETED and store.get("t1").events == done.events
+    assert store.get("t2").state is S.SUBMITTED
+    store.save_many([_record("t2").moved(S.REJECTED, 1001, reason="quota")])
+    store.save_many([_record("t2").moved(S.ADMITTED, 1002)])
+    assert store.get("t2").state is S.REJECTED
