@@ -1220,6 +1220,7 @@ class ComputeService:
                              **({"receipt": _jsonable(receipt.to_wire())} if receipt is not None else {}), **changes)
         self._records[final.task_id] = final  # a second finish (cancel racing a result) stops here
         task = ComputeTask.model_validate(record.task)
+        self.writer.forget(task.id)  # an intermediate record still queued would be written in vain
         await self._finisher((task, state, receipt, usage, now, final))
         TASKS_BY_STATE.labels(state.value).inc()
         self._usage_changed(task.coop_id)

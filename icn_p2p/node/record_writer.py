@@ -46,6 +46,10 @@ class RecordWriter:
         self._wake.set()
         return self._next
 
+    def forget(self, task_id: str) -> None:
+        """Drop the task's queued record: its final record is committed elsewhere."""
+        self._queued.pop(task_id, None)
+
     async def save(self, record: TaskRecord) -> None:
         """Queue ``record`` and wait until it is committed."""
         await self._wait(self.put(record))

@@ -90,3 +90,16 @@ def test_a_final_record_is_never_written_over(tmp_path):
     store.save_many([_record("t2").moved(S.REJECTED, 1001, reason="quota")])
     store.save_many([_record("t2").moved(S.ADMITTED, 1002)])
     assert store.get("t2").state is S.REJECTED
+
+
+async def test_a_forgotten_record_is_not_written(tmp_path):
+    store = TaskStore(tmp_path / "tasks.db")
+    writer = RecordWriter(store, _run)
+    writer.put(_record("t1"))
+    writer.put(_record("t2"))
+    writer.forget("t1")  # its final record is committed elsewhere
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        await writer.flush()
+        nursery.cancel_scope.cancel()
+    assert store.get("t1") is None and store.get("t2").state is S.SUBMITTED
