@@ -374,10 +374,13 @@ class ComputeService:
         """
         outcomes: list[Any] = []
         reserved: list[str] = []
+        known = self.tasks.known([task.id for task, _ in steps])  # submitted before a restart
         try:
             with self.node.usage_store.batch():
                 for task, now in steps:
                     try:
+                        if task.id in known:
+                            raise SubmitError("duplicate_task", f"task {task.id} was already submitted")
                         outcome = self._admit(task, now)
                     except SubmitError as exc:
                         outcomes.append(exc)
@@ -402,8 +405,6 @@ class ComputeService:
         slots this batch took so far), decides, and for an admitted task takes
         the member's concurrency slot and any Commons credit reservation.
         """
-        if self.tasks.get(task.id) is not None:
-            raise SubmitError("duplicate_task", f"task {task.id} was already submitted")
         version = self.node.policy_store.current(task.coop_id, now)
         if version is None:
             raise SubmitError("no_policy", f"coop {task.coop_id} has no policy on this node")

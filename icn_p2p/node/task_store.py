@@ -82,6 +82,15 @@ class TaskStore:
             row = self._db.execute("SELECT record FROM tasks WHERE task_id=?", (task_id,)).fetchone()
         return TaskRecord.model_validate_json(row[0]) if row else None
 
+    def known(self, task_ids: list[str]) -> set[str]:
+        """Which of ``task_ids`` have a record (one query for a whole batch of submissions)."""
+        if not task_ids:
+            return set()
+        marks = ",".join("?" * len(task_ids))
+        with self._lock:
+            rows = self._db.execute(f"SELECT task_id FROM tasks WHERE task_id IN ({marks})", task_ids).fetchall()
+        return {r[0] for r in rows}
+
     def list(self, *, coop_id: str | None = None, state: TaskState | None = None,
              limit: int = 100) -> list[TaskRecord]:
         sql, args = "SELECT record FROM tasks WHERE 1=1", []

@@ -2,10 +2,12 @@
 
 import logging
 
+import pytest
 import trio
 
 from icn_p2p import metrics
 from icn_p2p.core.task import ComputeTask
+from icn_p2p.node.compute import SubmitError
 from icn_p2p.node.harness import start_nodes
 from icn_p2p.node.lifecycle import TaskState
 from icn_p2p.usage.crdt import SignedUsageEntry
@@ -341,3 +343,29 @@ async def test_a_malformed_direct_announcement_is_dropped_and_counted(tmp_path):
         await wait_policy(cluster)
         await a.compute.submit(task(1), ADD.encode())
         assert (await a.compute.wait("t1", timeout=10)).state is TaskState.COMPLETED
+
+
+async def test_a_task_id_recorded_before_a_restart_is_refused_and_its_batch_mates_still_admitted(tmp_path):
+    async with start_nodes(1, tmp_path, coops=[COOP]) as cluster:
+        a = cluster[0]
+        await a.set_local_policy(policy())
+        await wait_policy(cluster)
+        await a.compute.submit(task(1), ADD.encode())
+        assert (await a.compute.wait("t1", timeout=10)).state is TaskState.COMPLETED
+    async with start_nodes(1, tmp_path, coops=[COOP]) as cluster:  # same data directory
+        a = cluster[0]
+        outcomes = {}
+
+        async def submit(i):
+            try:
+                outcomes[i] = (await a.compute.submit(task(i), ADD.encode())).state
+            except SubmitError as exc:
+                outcomes[i] = exc.reason
+
+        async with trio.open_nursery() as nursery:  # submitted together: one admission batch
+            for i in (1, 2):
+                nursery.start_soon(submit, i)
+        assert outcomes == {1: "duplicate_task", 2: TaskState.ADMITTED}
+        assert (await a.compute.wait("t2", timeout=10)).state is TaskState.COMPLETED
+        with pytest.raises(SubmitError, match="already submitted"):
+            await a.compute.submit(task(2), ADD.encode())
