@@ -10,8 +10,11 @@ call runs and hands them to one call, which does them in order in one
 transaction: one thread hand-off and one commit for all of them.
 
 Each step still gets its own outcome: the batch function returns one result
-(or exception) per item, in order. An exception that escapes the batch
-function (the transaction failed) becomes every item's outcome.
+(or exception) per item, in order. A batch function must be all-or-nothing
+(one transaction, rolled back when it raises) and safe to run again for the
+same items; when it raises for a batch of several steps, each step is run
+again on its own, so a step that cannot be done fails alone instead of
+taking its batch mates with it.
 
 A caller that is cancelled while its step is queued or running still has the
 step done and waits for it, as ``trio.to_thread.run_sync`` does: the step
@@ -98,17 +101,28 @@ class Batcher(Generic[T, R]):
                 step.done.set()
 
     async def _run(self, steps: list[_Step[T]]) -> None:
-        self.batches += 1
-        try:
-            with trio.CancelScope(shield=True):  # a batch started is a batch finished
-                outcomes = await self._blocking(self._batch_fn, [s.item for s in steps])
-            if len(outcomes) != len(steps):
-                raise RuntimeError(f"batch returned {len(outcomes)} outcomes for {len(steps)} steps")
-        except Exception as exc:
-            outcomes = [exc] * len(steps)
+        with trio.CancelScope(shield=True):  # a batch started is a batch finished
+            outcomes = await self._call([s.item for s in steps])
+            if isinstance(outcomes, Exception):  # nothing was done: find the step that cannot be
+                outcomes = [outcomes] if len(steps) == 1 else [await self._alone(s.item) for s in steps]
         for step, outcome in zip(steps, outcomes):
             if isinstance(outcome, BaseException):
                 step.error = outcome
             else:
                 step.result = outcome
             step.done.set()
+
+    async def _alone(self, item: T) -> R | BaseException:
+        outcomes = await self._call([item])
+        return outcomes if isinstance(outcomes, Exception) else outcomes[0]
+
+    async def _call(self, items: list[T]) -> Sequence[R | BaseException] | Exception:
+        """One worker-thread call: its outcomes, or the exception that escaped it."""
+        self.batches += 1
+        try:
+            outcomes = await self._blocking(self._batch_fn, items)
+        except Exception as exc:
+            return exc
+        if len(outcomes) != len(items):
+            return RuntimeError(f"batch returned {len(outcomes)} outcomes for {len(items)} steps")
+        return outcomes

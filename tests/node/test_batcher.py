@@ -47,22 +47,41 @@ async def test_steps_that_arrive_together_share_one_call_and_each_gets_its_own_o
     assert batcher.batches == 2
 
 
-async def test_a_failed_call_fails_every_step_of_its_batch_and_the_next_batch_runs():
-    failing = [True]
+async def test_a_step_that_fails_its_batch_fails_alone_and_the_next_batch_runs():
+    gate = threading.Event()
+    calls = []
 
     def batch(items):
-        if failing[0]:
-            failing[0] = False
-            raise OSError("disk full")
-        return items
+        calls.append(sorted(items))
+        gate.wait(5)
+        if "bad" in items:
+            raise OSError("disk full")  # all or nothing: the whole call is undone
+        return [i.upper() for i in items]
 
     batcher = Batcher(batch, _run)
+    results = {}
+
+    async def step(item):
+        try:
+            results[item] = await batcher(item)
+        except OSError as exc:
+            results[item] = str(exc)
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(batcher.run)
-        with pytest.raises(OSError, match="disk full"):
-            await batcher("a")
-        assert await batcher("b") == "b"
+        nursery.start_soon(step, "first")
+        await trio.sleep(0.05)
+        for item in ("a", "bad", "b"):
+            nursery.start_soon(step, item)
+        await trio.sleep(0.05)
+        gate.set()
+        with trio.fail_after(5):
+            while len(results) < 4:
+                await trio.sleep(0.01)
+        assert await batcher("later") == "LATER"
         nursery.cancel_scope.cancel()
+    assert results == {"first": "FIRST", "a": "A", "b": "B", "bad": "disk full"}
+    assert calls[1] == ["a", "b", "bad"] and sorted(calls[2:5]) == [["a"], ["b"], ["bad"]]
 
 
 async def test_a_cancelled_caller_still_has_its_step_done_and_a_stopped_batcher_refuses():
