@@ -41,7 +41,7 @@ class BatcherClosed(RuntimeError):
 
 
 class _Step(Generic[T]):
-    __slots__ = ("item", "done", "result", "error")
+    __slots__ = ("done", "error", "item", "result")
 
     def __init__(self, item: T) -> None:
         self.item = item

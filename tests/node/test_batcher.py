@@ -12,76 +12,58 @@ def _run(fn, *args):
     return trio.to_thread.run_sync(fn, *args)
 
 
-async def test_steps_that_arrive_together_share_one_call_and_each_gets_its_own_outcome():
-    calls = []
+async def _first_then_together(batch_fn, first, rest):
+    """Run ``first`` alone, and ``rest`` while its call is held (they queue meanwhile);
+    returns each item's result or the text of its exception, and the batcher."""
     gate = threading.Event()
-
-    def batch(items):
-        calls.append(list(items))
-        gate.wait(5)  # the first call is still running while the rest arrive
-        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
-
-    batcher = Batcher(batch, _run)
-    results = {}
-
-    async def step(i):
-        try:
-            results[i] = await batcher(i)
-        except ValueError as exc:
-            results[i] = str(exc)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(batcher.run)
-        nursery.start_soon(step, 0)
-        await trio.sleep(0.05)
-        for i in range(1, 6):
-            nursery.start_soon(step, i)
-        await trio.sleep(0.05)
-        gate.set()
-        with trio.fail_after(5):
-            while len(results) < 6:
-                await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
-    assert calls[0] == [0] and sorted(calls[1]) == [1, 2, 3, 4, 5] and len(calls) == 2
-    assert results == {0: 0, 1: "odd 1", 2: 20, 3: "odd 3", 4: 40, 5: "odd 5"}
-    assert batcher.batches == 2
-
-
-async def test_a_step_that_fails_its_batch_fails_alone_and_the_next_batch_runs():
-    gate = threading.Event()
-    calls = []
-
-    def batch(items):
-        calls.append(sorted(items))
-        gate.wait(5)
-        if "bad" in items:
-            raise OSError("disk full")  # all or nothing: the whole call is undone
-        return [i.upper() for i in items]
-
-    batcher = Batcher(batch, _run)
+    batcher = Batcher(lambda items: (gate.wait(5), batch_fn(items))[1], _run)
     results = {}
 
     async def step(item):
         try:
             results[item] = await batcher(item)
-        except OSError as exc:
+        except Exception as exc:
             results[item] = str(exc)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(batcher.run)
-        nursery.start_soon(step, "first")
+        nursery.start_soon(step, first)
         await trio.sleep(0.05)
-        for item in ("a", "bad", "b"):
+        for item in rest:
             nursery.start_soon(step, item)
         await trio.sleep(0.05)
         gate.set()
         with trio.fail_after(5):
-            while len(results) < 4:
+            while len(results) < 1 + len(rest):
                 await trio.sleep(0.01)
-        assert await batcher("later") == "LATER"
         nursery.cancel_scope.cancel()
+    return results, batcher
+
+
+async def test_steps_that_arrive_together_share_one_call_and_each_gets_its_own_outcome():
+    calls = []
+
+    def batch(items):
+        calls.append(sorted(items))
+        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+
+    results, batcher = await _first_then_together(batch, 0, range(1, 6))
+    assert calls == [[0], [1, 2, 3, 4, 5]] and batcher.batches == 2
+    assert results == {0: 0, 1: "odd 1", 2: 20, 3: "odd 3", 4: 40, 5: "odd 5"}
+
+
+async def test_a_step_that_fails_its_batch_fails_alone():
+    calls = []
+
+    def batch(items):
+        calls.append(sorted(items))
+        if "bad" in items:
+            raise OSError("disk full")  # all or nothing: the whole call is undone
+        return [i.upper() for i in items]
+
+    results, _ = await _first_then_together(batch, "first", ("a", "bad", "b"))
     assert results == {"first": "FIRST", "a": "A", "b": "B", "bad": "disk full"}
-    assert calls[1] == ["a", "b", "bad"] and sorted(calls[2:5]) == [["a"], ["b"], ["bad"]]
+    assert calls[1] == ["a", "b", "bad"] and sorted(calls[2:]) == [["a"], ["b"], ["bad"]]
 
 
 async def test_a_cancelled_caller_still_has_its_step_done_and_a_stopped_batcher_refuses():
