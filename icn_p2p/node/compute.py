@@ -31,9 +31,11 @@ Submitter side (the node a member submits on):
    the usage CRDT; the concurrency slot is released at any final state. The
    executor's signed usage entry comes with the result and is merged in the
    same usage transaction that closes the books, so the submitter never frees
-   a member's slot without counting the run's CPU; the task's records are written
-   behind it in batches (:mod:`.record_writer`), a final state before the
-   task is reported finished.
+   a member's slot without counting the run's CPU. A task's intermediate records
+   are written behind it in batches (:mod:`.record_writer`); the final one
+   commits with its books, before the task is reported finished. Admissions,
+   closings and an executor's records of its runs each share worker-thread
+   calls among the tasks that wait (:mod:`.batcher`).
 
 Executor side: announcements that pass our constraints get an offer; a claim
 is accepted once per task, run in the WebAssembly sandbox, and answered with
