@@ -311,17 +311,8 @@ class UsageStore:
             return self.state.coops()
 
     def merge(self, entries: Iterable[Any]) -> MergeResult:
-        """Merge signed entries (objects or wire dicts); bad ones are refused with a reason.
-
-        Parsing and signature checks run before the lock is taken, so a large
-        merge does not hold up local writes for its verification time.
-        """
-        checked = [precheck(item, self.state) for item in entries]
-        with self.batch():
-            result = self.state.merge(checked, now_ms=self.clock.now_ms(),
-                                      retention_ms=self.retention_ms)
-        self._count(result)
-        return result
+        """Merge signed entries (objects or wire dicts); bad ones are refused with a reason."""
+        return self.merge_batches([list(entries)])
 
     def merge_delta(self, delta: UsageDelta | Mapping[str, Any]) -> MergeResult:
         if not isinstance(delta, UsageDelta):
@@ -331,18 +322,15 @@ class UsageStore:
                 result = MergeResult(rejected=[(exc.reason, exc.detail)])
                 self._count(result)
                 return result
-        delta = UsageDelta(delta.coop_id, delta.since, delta.through,
-                           [precheck(item, self.state) for item in delta.entries])  # type: ignore[misc]
-        with self.batch():
-            result = self.state.merge_delta(delta, now_ms=self.clock.now_ms(),
-                                            retention_ms=self.retention_ms)
-        self._count(result)
-        return result
+        return self.merge_batches([delta])
 
     def merge_batches(self, batches: Iterable[list[Any] | UsageDelta]) -> MergeResult:
-        """Merge many gossiped batches in one transaction: lists of entries, and
-        deltas whose sender vouched for a span of its versions (their watermarks
-        rise as in :meth:`merge_delta`). Checks run before the lock, as in :meth:`merge`."""
+        """Merge batches in one transaction: lists of entries, and deltas whose
+        watermarks rise once their entries are in (see ``UsageState.merge_delta``).
+
+        Parsing and signature checks run before the lock is taken, so a large
+        merge does not hold up local writes for its verification time.
+        """
         checked: list[list[Any] | UsageDelta] = []
         for batch in batches:
             if isinstance(batch, UsageDelta):
@@ -351,8 +339,8 @@ class UsageStore:
             else:
                 checked.append([precheck(item, self.state) for item in batch])
         result = MergeResult()
-        now_ms = self.clock.now_ms()
         with self.batch():
+            now_ms = self.clock.now_ms()
             for batch in checked:
                 if isinstance(batch, UsageDelta):
                     part = self.state.merge_delta(batch, now_ms=now_ms, retention_ms=self.retention_ms)
