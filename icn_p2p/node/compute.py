@@ -236,7 +236,7 @@ class ComputeService:
         self._usage_dirty = trio.Event()
         self._claims: dict[str, _ClaimWaiter] = {}
         self._claimed_at: dict[str, dict[str, int]] = {}  # executor -> task -> claim sent (ms)
-        # admissions and closings of many tasks share worker-thread calls (see .batcher)
+        # admissions, closings and run records of many tasks share worker-thread calls (see .batcher)
         self._admitter = Batcher(self._admit_many, node.blocking)
         self._finisher = Batcher(self._finish_many, node.blocking)
         self._recorder = Batcher(self._record_many, node.blocking)
@@ -380,9 +380,10 @@ class ComputeService:
         try:
             with self.node.usage_store.batch():
                 for task, now in steps:
+                    if task.id in known:
+                        outcomes.append(SubmitError("duplicate_task", f"task {task.id} was already submitted"))
+                        continue
                     try:
-                        if task.id in known:
-                            raise SubmitError("duplicate_task", f"task {task.id} was already submitted")
                         outcome = self._admit(task, now)
                     except SubmitError as exc:
                         outcomes.append(exc)
@@ -1181,8 +1182,7 @@ class ComputeService:
         entries, whole = await self.node.blocking(changed)
         if entries:
             await self.node.publish_usage(coop_id, entries, since=since if whole else None)
-            self._published[coop_id] = max(self._published.get(coop_id, 0),
-                                           max(e.entry.version for e in entries))
+            self._published[coop_id] = max(since, entries[-1].entry.version)  # entries come in version order
 
     def _save(self, record: TaskRecord) -> None:
         """Keep ``record`` as the task's current one and queue it for the writer."""
